@@ -1,0 +1,307 @@
+"""The client side of the server: the hello and request steps of PROTOCOL.md.
+
+One ``ClientProtocol`` per TCP connection.  It never blocks: a request for
+a module becomes a ``Call`` on that module's supervisor, and the reply the
+worker encoded is written back as it arrives.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from twisted.internet import interfaces, protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from modserver import wire
+from modserver.errors import ReplyError, bad_request
+from modserver.lifecycle import State
+from modserver.lines import ChunkedLineReceiver
+from modserver.supervisor import Call, CallSink, LoadFailed
+
+if TYPE_CHECKING:
+    from modserver.service import ModServer
+
+RELOAD = "_reload_"
+GET_MODULES = "_get_modules"
+STATUS = "_status"
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class ClientProtocol(ChunkedLineReceiver, CallSink):
+    """One client connection: a hello, then requests to one module.
+
+    Half-closing clients (``printf ... | nc host port``) are answered: what
+    they sent before closing their side is served, then the connection closes.
+    """
+
+    log = Logger()
+
+    def __init__(self, server: ModServer) -> None:
+        self.server = server
+        self.settings = server.settings
+        self.MAX_LENGTH = self.settings.max_request
+        self._supervisor = None
+        self._call: Call | None = None
+        self._reply_error = False
+        self._timer = None
+        self._closing = False
+        self._waiting = False  # for a module's reply or a reload
+        self._eof = False  # the client closed its sending side
+
+    # Connection ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """A client connected: wait for its hello."""
+        super().connectionMade()
+        peer = self.transport.getPeer()
+        self.client_ip = getattr(peer, "host", "")
+        self.client_port = getattr(peer, "port", 0)
+        self._idle(self.settings.idle_timeout)
+
+    def connectionLost(self, reason=protocol.connectionDone) -> None:
+        """The connection is gone: give up the module and any waiting request."""
+        self._closing = True
+        self.stop_lines()
+        self._cancel_timer()
+        if self._supervisor is not None:
+            self._supervisor.release(self)
+
+    def readConnectionLost(self) -> None:
+        """The client will send no more: serve what it sent, then close."""
+        self._eof = True
+        if self.unfinished_line():
+            self.dataReceived(self.delimiter)  # a last line without its newline
+        self._close_if_done()
+
+    def writeConnectionLost(self) -> None:
+        """Replies can no longer be sent: close."""
+        self._close()
+
+    def lineReceived(self, line: bytes) -> None:
+        """One message: the hello, or a request once the module has acked."""
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line or line.isspace():
+            return
+        plain = wire.is_plain(line)
+        try:
+            text = line if plain else wire.unquote_plus(line)
+            message = json.loads(text)
+        except ValueError as exc:
+            self._fail(bad_request(f"message is not valid JSON: {exc}"), plain)
+            return
+        if self._supervisor is None:
+            self._hello(message, plain)
+        else:
+            self._request(message, text, plain)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A line over the limit: say so, then hang up."""
+        err = ReplyError(
+            "LineTooLong",
+            f"the message is longer than the server's limit of {self.MAX_LENGTH} bytes",
+        )
+        self._fail(err, wire.is_plain(line))
+
+    # Step 1: hello --------------------------------------------------------
+
+    def _hello(self, message, plain: bool) -> None:
+        if not isinstance(message, dict) or "name" not in message:
+            self._fail(
+                bad_request(
+                    'the hello must be a JSON object with a "name" key, like {"name": "_ping"}'
+                ),
+                plain,
+            )
+            return
+        name = message["name"]
+        if name is None or name == "_ping":
+            self._answer([self.client_ip, self.client_port], plain)
+        elif not isinstance(name, str):
+            self._fail(
+                bad_request(f'"name" must be a string or null, not {json.dumps(name)}'), plain
+            )
+        elif name == "_help":
+            self._answer(self.server.help_text(), plain)
+        elif name == GET_MODULES or name.startswith(GET_MODULES + "."):
+            self._answer(self.server.module_names(name[len(GET_MODULES) + 1 :]), plain)
+        elif name == STATUS or name.startswith(STATUS + "."):
+            self._status(name[len(STATUS) + 1 :], plain)
+        elif name.startswith(RELOAD):
+            self._reload(wire.unquote_plus(name[len(RELOAD) :].encode("utf-8")), plain)
+        else:
+            self._open_module(name, plain)
+
+    def _status(self, module: str, plain: bool) -> None:
+        if module and self.server.module(module) is None:
+            self._fail(bad_request(f"{module} does not exist (case matters)"), plain)
+        else:
+            self._answer(self.server.status(module or None), plain)
+
+    def _reload(self, module: str, plain: bool) -> None:
+        self.hold_lines()
+        self._cancel_timer()
+        self._waiting = True
+        if not module:
+            try:
+                self.server.reload_config()
+            except ReplyError as err:
+                self._fail(err, plain)
+            else:
+                self._answer("Reloaded config", plain)
+            return
+        waiting = self.server.reload_module(module)
+        if waiting is None:
+            self._answer(f'Failed to find module "{module}"', plain)
+            return
+
+        def failed(failure):
+            if isinstance(failure.value, LoadFailed):
+                self._fail(failure.value.error, plain)
+            else:
+                self.log.failure("reloading {module} failed", failure, module=module)
+                self._fail(
+                    ReplyError("ReloadFailed", str(failure.value), failure.getTraceback()), plain
+                )
+
+        waiting.addCallbacks(lambda _: self._answer(f'Reloaded "{module}"', plain), failed)
+
+    def _open_module(self, name: str, plain: bool) -> None:
+        supervisor = self.server.module(name)
+        if supervisor is None:
+            self._fail(bad_request(f"{name} does not exist (case matters)"), plain)
+            return
+        if supervisor.state is State.FAILED and supervisor.load_error is not None:
+            self._fail(supervisor.load_error, plain)
+            return
+        self._supervisor = supervisor
+        self.transport.write(wire.encode_reply("ack", plain=plain))
+        self._await_input(self.settings.idle_timeout)
+
+    # Step 2: requests -------------------------------------------------------
+
+    def _request(self, message, text, plain: bool) -> None:
+        if not isinstance(message, dict):
+            self._fail(
+                bad_request('a request must be a JSON object like {"function": "f", "args": []}'),
+                plain,
+            )
+            return
+        if "function" not in message:
+            self._fail(bad_request('the request has no "function" field'), plain)
+            return
+        function = message["function"]
+        if function is None:
+            self._close()  # the client says goodbye
+            return
+        problem = _request_problem(message)
+        if problem:
+            self._fail(bad_request(problem), plain)
+            return
+        self._cancel_timer()
+        self.hold_lines()
+        self._waiting = True
+        self._call = Call(
+            sink=self,
+            request=text if isinstance(text, bytes) else text.encode("utf-8"),
+            function=function,
+            keep_alive=message.get("keep_alive", False),
+            plain=plain,
+            client_ip=self.client_ip,
+            timeout=message.get("timeout"),
+        )
+        self._supervisor.submit(self._call)
+
+    # CallSink: the module's reply -------------------------------------------
+
+    def reply_started(self, error: bool) -> None:
+        """The worker's reply begins."""
+        self._reply_error = error
+
+    def reply_data(self, data: bytes) -> None:
+        """A piece of the encoded reply: straight to the client."""
+        if not self._closing:
+            self.transport.write(data)
+
+    def reply_finished(self, complete: bool) -> None:
+        """The reply is done: close, or wait for the next keep-alive request."""
+        call, self._call = self._call, None
+        self._waiting = False
+        if self._reply_error or not complete or call is None or not call.keep_alive:
+            self._close()
+            return
+        self._await_input(self.settings.keepalive_timeout)
+
+    # Helpers ------------------------------------------------------------------
+
+    def _answer(self, response, plain: bool) -> None:
+        """A successful reply that ends the connection."""
+        if not self._closing:
+            self.transport.write(wire.encode_reply(response, plain=plain))
+        self._close()
+
+    def _fail(self, err: ReplyError, plain: bool) -> None:
+        """An error reply; the connection always closes after one."""
+        if not self._closing:
+            self.transport.write(err.line(plain))
+        self._close()
+
+    def _close(self) -> None:
+        self.stop_lines()
+        self._cancel_timer()
+        self._waiting = False
+        if not self._closing:
+            self._closing = True
+            self.transport.loseConnection()
+
+    def _await_input(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the client's next line."""
+        self._idle(seconds)
+        self.release_lines()
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if self._eof and not self._waiting and not self.lines_waiting():
+            self._close()
+
+    def _idle(self, seconds: float) -> None:
+        """(Re)start the timer that closes an idle connection."""
+        self._cancel_timer()
+        self._timer = self.server.reactor.callLater(seconds, self._close)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+def _request_problem(message: dict) -> str | None:
+    """What is wrong with a request's fields, or None."""
+    if not isinstance(message["function"], str):
+        return f'"function" must be a string or null, not {json.dumps(message["function"])}'
+    if not isinstance(message.get("args", []), list):
+        return '"args" must be a list of arguments'
+    if not isinstance(message.get("keep_alive", False), bool):
+        return '"keep_alive" must be true or false'
+    timeout = message.get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        return '"timeout" must be a positive number of seconds'
+    return None
+
+
+class ClientFactory(protocol.ServerFactory):
+    """Builds a ClientProtocol for each connection to the server."""
+
+    noisy = False
+
+    def __init__(self, server: ModServer) -> None:
+        self.server = server
+
+    def buildProtocol(self, addr):
+        proto = ClientProtocol(self.server)
+        proto.factory = self
+        return proto

@@ -1,0 +1,214 @@
+"""The server as a Twisted service: listeners, the config, one supervisor per module."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+from twisted.application import service, strports
+from twisted.internet import defer, error
+from twisted.logger import Logger
+
+import modserver
+from modserver.config import Config, ConfigError, read_config
+from modserver.errors import ReplyError
+from modserver.protocol import ClientFactory
+from modserver.supervisor import ModuleSupervisor, WorkerSettings
+
+HELP_TEXT = """\
+modserver speaks one JSON message per line, each urlencoded (quote_plus) or,
+if the line starts with "{", plain JSON.  Every reply is
+  {"response": R, "error": true|false, "traceback": T}
+
+Hello (the first message): {"name": NAME}
+  null or "_ping"        -> [your ip, your port]
+  "_help"                -> this text
+  "_get_modules[.PREFIX]" -> the module names (starting with PREFIX)
+  "_reload_"             -> re-read the config file
+  "_reload_MODULE"       -> restart MODULE's worker
+  "_status[.MODULE]"     -> the state of the server and its modules
+  a module name          -> "ack", then send requests to that module
+
+Request to the module: {"function": F, "args": [...], "keep_alive": false}
+  "function": "_help" gives the module's help; null leaves quietly.
+  Optional "timeout": seconds before the call is abandoned and the worker
+  restarted.  With "keep_alive": true the connection stays with the module
+  for the next request (closed after 1 s idle by default).
+  Any error reply closes the connection.
+"""
+
+
+@dataclass
+class ServerSettings:
+    """Server-wide settings (from the command line)."""
+
+    name: str = "modserver"
+    listen: tuple[str, ...] = ("tcp:36577:interface=127.0.0.1",)
+    max_request: int = 64 * 1024 * 1024
+    keepalive_timeout: float = 1.0
+    idle_timeout: float = 60.0
+    workers: WorkerSettings = field(default_factory=WorkerSettings)
+
+
+class ModServer(service.MultiService):
+    """Listens for clients and keeps one supervised worker per configured module."""
+
+    log = Logger()
+
+    def __init__(
+        self, config: Config, settings: ServerSettings, reactor, demo: bool = False
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.settings = settings
+        self.reactor = reactor
+        self.demo = demo
+        self.supervisors: dict[str, ModuleSupervisor] = {}
+        self._retiring: set[ModuleSupervisor] = set()
+        self._started_at: float | None = None
+        self.factory = ClientFactory(self)
+        # Not child services: they must listen before anything else starts,
+        # and exactly once under both twistd and twist (see _listen).
+        self._listeners = [
+            (description, strports.service(description, self.factory, reactor))
+            for description in settings.listen
+        ]
+
+    # Service ----------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        """Listen first: a port in use must stop us before any worker starts."""
+        self._listen()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        """Listen (if twistd did not already), then start every module's worker."""
+        self._listen()
+        super().startService()
+        self._started_at = self.reactor.seconds()
+        if self.demo:
+            self.log.info(
+                "No --config given and no server.config in {cwd}: serving the bundled "
+                "demo modules from {path}",
+                cwd=os.getcwd(),
+                path=self.config.path,
+            )
+        self.log.info(
+            "modserver {version} serving {count} modules from {path} on {listen}",
+            version=modserver.__version__,
+            count=len(self.config.modules),
+            path=self.config.path,
+            listen=", ".join(self.settings.listen),
+        )
+        self._apply(self.config)
+
+    def stopService(self) -> defer.Deferred:
+        """Stop listening, then stop every worker (each gets its ``__exit__``)."""
+        listening = [defer.maybeDeferred(listener.stopService) for _, listener in self._listeners]
+        children = super().stopService()
+        reason = ReplyError("ServerStopping", "the server is shutting down")
+        stopping = [s.stop(reason) for s in [*self.supervisors.values(), *self._retiring]]
+        return defer.gatherResults([*listening, children, *stopping], consumeErrors=True)
+
+    def _listen(self) -> None:
+        for description, listener in self._listeners:
+            if listener.running:
+                continue
+            try:
+                listener.startService()
+            except error.CannotListenError as exc:
+                reason = exc.socketError
+                raise SystemExit(f"modserver: cannot listen on {description}: {reason}") from None
+            except Exception as exc:
+                raise SystemExit(f"modserver: cannot listen on {description}: {exc}") from None
+            listener._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port):
+        address = port.getHost()
+        self.log.info(
+            "listening on {host}:{port}",
+            host=getattr(address, "host", address),
+            port=getattr(address, "port", ""),
+        )
+        return port
+
+    # What clients ask for ----------------------------------------------------
+
+    def module(self, name: str) -> ModuleSupervisor | None:
+        return self.supervisors.get(name)
+
+    def module_names(self, prefix: str = "") -> list[str]:
+        """Configured module names starting with ``prefix``, in config order."""
+        return [name for name in self.supervisors if name.startswith(prefix)]
+
+    def help_text(self) -> str:
+        return "Available modules: {}\n\n{}".format(", ".join(self.supervisors), HELP_TEXT)
+
+    def status(self, name: str | None = None) -> dict:
+        """Server facts and each module's state (or just ``name``'s)."""
+        now = self.reactor.seconds()
+        names = [name] if name is not None else list(self.supervisors)
+        return {
+            "server": {
+                "name": self.settings.name,
+                "version": modserver.__version__,
+                "pid": os.getpid(),
+                "python": sys.version.split()[0],
+                "uptime": round(now - self._started_at, 3) if self._started_at else 0.0,
+                "config": self.config.path,
+                "demo": self.demo,
+                "listen": list(self.settings.listen),
+                "config_problems": list(self.config.problems),
+            },
+            "modules": {n: self.supervisors[n].snapshot() for n in names},
+        }
+
+    def reload_config(self) -> None:
+        """Re-read the config file and apply it; ReplyError if it cannot be read."""
+        try:
+            config = read_config(self.config.path)
+        except ConfigError as exc:
+            self.log.warn(
+                "Config not reloaded, the running modules are unchanged: {reason}", reason=str(exc)
+            )
+            raise ReplyError("ConfigError", str(exc)) from None
+        self.config = config
+        self._apply(config)
+
+    def reload_module(self, name: str) -> defer.Deferred | None:
+        """Restart one module's worker; None if there is no such module."""
+        supervisor = self.supervisors.get(name)
+        if supervisor is None:
+            return None
+        self.log.info("{module}: restart requested by a client", module=name)
+        return supervisor.restart(when_idle=False)
+
+    # Config changes ------------------------------------------------------------
+
+    def _apply(self, config: Config) -> None:
+        """Start added modules, restart changed ones, stop removed ones."""
+        for problem in config.problems:
+            self.log.warn("{problem}", problem=problem)
+        old, new = self.supervisors, {}
+        for spec in config.modules:
+            supervisor = old.get(spec.name)
+            if supervisor is None:
+                supervisor = ModuleSupervisor(spec, self.settings.workers, self.reactor)
+                supervisor.start()
+            elif supervisor.spec != spec:
+                self.log.info(
+                    "{module}: config entry changed; restarting once idle", module=spec.name
+                )
+                supervisor.update(spec)
+            new[spec.name] = supervisor
+        self.supervisors = new
+        for name, supervisor in old.items():
+            if name not in new:
+                self.log.info("{module}: removed from the config; stopping", module=name)
+                self._retire(supervisor)
+
+    def _retire(self, supervisor: ModuleSupervisor) -> None:
+        self._retiring.add(supervisor)
+        reason = ReplyError("ModuleRemoved", f"{supervisor.name} was removed from the config")
+        supervisor.stop(reason).addBoth(lambda _: self._retiring.discard(supervisor))

@@ -1,0 +1,760 @@
+"""One module's worker process: its life, its queue and its calls.
+
+``ModuleSupervisor`` owns the module's lifecycle (lifecycle.State), its FIFO
+queue of calls, the keep-alive session holding it, and the worker child.
+``WorkerProcess`` is the ProcessProtocol that carries frames to and from
+that child.  The reactor is injected, so tests drive both with a fake.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from twisted.internet import defer, error, protocol
+from twisted.logger import Logger, LogLevel
+
+from modserver import channel
+from modserver.config import ModuleSpec
+from modserver.errors import ReplyError
+from modserver.lifecycle import Backoff, State, check_transition, describe_exit
+
+WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
+
+# Lines of a worker's raw output kept to explain its death to clients.
+OUTPUT_TAIL = 20
+
+# A line of raw output longer than this is logged in pieces.
+MAX_OUTPUT_LINE = 64 * 1024
+
+# After a worker exits, how long to wait for its channel to close (a forked
+# grandchild may hold it open) before treating the worker as gone.
+CHANNEL_CLOSE_GRACE = 0.5
+
+_LOG_LEVELS = (
+    (50, LogLevel.critical),
+    (40, LogLevel.error),
+    (30, LogLevel.warn),
+    (20, LogLevel.info),
+)
+
+
+def log_level_for(levelno: int) -> LogLevel:
+    """The twisted.logger level of a stdlib logging level number."""
+    for floor, level in _LOG_LEVELS:
+        if levelno >= floor:
+            return level
+    return LogLevel.debug
+
+
+@dataclass
+class WorkerSettings:
+    """What every worker of one server shares."""
+
+    import_paths: tuple[str, ...] = ()  # the config's directory, the server's cwd
+    max_reply: int = 1024**3
+    log_level: int = 20  # stdlib logging level for module code
+    stop_grace: float = 5.0  # STOP -> SIGTERM
+    kill_grace: float = 2.0  # SIGTERM -> SIGKILL
+    backoff: Callable[[], Backoff] = Backoff
+    script: str = WORKER_SCRIPT
+
+
+class CallSink:
+    """Where a call's reply goes (the client connection); a no-op base."""
+
+    def reply_started(self, error: bool) -> None:
+        """A reply begins; ``error`` replies end the client's connection."""
+
+    def reply_data(self, data: bytes) -> None:
+        """A piece of the encoded reply line."""
+
+    def reply_finished(self, complete: bool) -> None:
+        """The reply ended; not ``complete`` when the worker died mid-reply."""
+
+
+@dataclass(eq=False)
+class Call:
+    """One client request waiting for, or being served by, a worker."""
+
+    sink: CallSink
+    request: bytes  # the request's JSON text as the client sent it
+    function: str
+    keep_alive: bool = False
+    plain: bool = False
+    client_ip: str = ""
+    timeout: float | None = None
+    request_id: int = 0
+    started: float | None = None
+    answered: bool = field(default=False)
+
+    def fail(self, err: ReplyError) -> None:
+        """Answer with an error reply (unless a reply has begun already)."""
+        if self.answered:
+            return
+        self.answered = True
+        self.sink.reply_started(True)
+        self.sink.reply_data(err.line(self.plain))
+        self.sink.reply_finished(True)
+
+
+class LoadFailed(Exception):
+    """A module could not be loaded; carries the reply error to give clients."""
+
+    def __init__(self, err: ReplyError) -> None:
+        super().__init__(err.reason)
+        self.error = err
+
+
+class WorkerProcess(protocol.ProcessProtocol):
+    """The server's end of one worker child: frames in and out, raw output."""
+
+    def __init__(self, supervisor: ModuleSupervisor) -> None:
+        self.supervisor = supervisor
+        self.pid: int | None = None
+        self.exit_description: str | None = None
+        self.channel_closed = False
+        self._parser = channel.FrameParser(self)
+        self._kind = None
+        self._chunks: list[bytes] = []
+        self._partial_line = b""
+        self._grace_call = None
+
+    # Frames -----------------------------------------------------------
+
+    def send(self, *pieces: bytes) -> None:
+        """Write frame bytes to the worker (pieces avoid copying big requests)."""
+        if self.transport is not None and self.exit_description is None:
+            self.transport.writeSequence(list(pieces))
+
+    def frame_started(self, kind: int, flags: int, request_id: int, length: int) -> None:
+        self._kind = kind
+        if kind == channel.REPLY:
+            self.supervisor.worker_reply_started(self, flags, request_id)
+        else:
+            self._chunks = []
+
+    def frame_data(self, data: bytes) -> None:
+        if self._kind == channel.REPLY:
+            self.supervisor.worker_reply_data(self, data)
+        else:
+            self._chunks.append(data)
+
+    def frame_ended(self) -> None:
+        if self._kind == channel.REPLY:
+            self.supervisor.worker_reply_ended(self)
+            return
+        payload, self._chunks = b"".join(self._chunks), []
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            self.supervisor.worker_broken(self, "sent a malformed frame")
+            return
+        self.supervisor.worker_message(self, self._kind, message)
+
+    # ProcessProtocol --------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """The child is spawned."""
+        self.pid = self.transport.pid
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """fd 1 is the channel; fd 2 is everything the worker wrote as text."""
+        if childFD == 1:
+            self._parser.feed(data)
+        else:
+            self._output(data)
+
+    def childConnectionLost(self, childFD: int) -> None:
+        """A pipe closed; the channel closing means no reply can come any more."""
+        if childFD == 1:
+            self.channel_closed = True
+            if self.exit_description is not None:
+                self._gone()
+        elif childFD == 2 and self._partial_line:
+            self.supervisor.worker_output(self, self._partial_line)
+            self._partial_line = b""
+
+    def processExited(self, reason) -> None:
+        """The child exited; it is gone once its channel is closed too."""
+        value = reason.value
+        self.exit_description = describe_exit(
+            getattr(value, "exitCode", None), getattr(value, "signal", None)
+        )
+        if self.channel_closed:
+            self._gone()
+        else:
+            clock = self.supervisor.reactor
+            self._grace_call = clock.callLater(CHANNEL_CLOSE_GRACE, self._gone)
+
+    def _gone(self) -> None:
+        if self._grace_call is not None and self._grace_call.active():
+            self._grace_call.cancel()
+        self._grace_call = None
+        if self.supervisor is not None:
+            supervisor, self.supervisor = self.supervisor, None
+            supervisor.worker_gone(self, self.exit_description)
+
+    # Raw output -------------------------------------------------------
+
+    def _output(self, data: bytes) -> None:
+        lines = (self._partial_line + data).split(b"\n")
+        self._partial_line = lines.pop()
+        while len(self._partial_line) > MAX_OUTPUT_LINE:
+            lines.append(self._partial_line[:MAX_OUTPUT_LINE])
+            self._partial_line = self._partial_line[MAX_OUTPUT_LINE:]
+        if self.supervisor is not None:
+            for line in lines:
+                self.supervisor.worker_output(self, line)
+
+    # Signals ----------------------------------------------------------
+
+    def signal(self, name: str) -> None:
+        """Send SIGname to the worker's process group (the worker itself on Windows)."""
+        if self.exit_description is not None or self.pid is None:
+            return
+        number = getattr(signal, "SIG" + name, None)
+        if hasattr(os, "killpg") and number is not None:
+            try:
+                os.killpg(self.pid, number)  # the worker made itself a group leader
+                return
+            except (ProcessLookupError, PermissionError):
+                pass  # not a group leader yet: signal the worker alone
+        try:
+            self.transport.signalProcess(name)
+        except error.ProcessExitedAlready:
+            pass
+
+
+class ModuleSupervisor:
+    """Runs one module: its worker child, its queue, its lifecycle.
+
+    Calls run one at a time in arrival order; a keep-alive session holds
+    the module between its calls.  Unexpected deaths are answered, logged
+    and respawned with backoff; load failures wait for a change or a reload.
+    """
+
+    def __init__(self, spec: ModuleSpec, settings: WorkerSettings, reactor) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.reactor = reactor
+        self.log = Logger(namespace=f"modserver.module.{spec.name}")
+        self.state = State.STOPPED
+        self.load_error: ReplyError | None = None
+        self.files: list[str] = []
+        self.restarts = 0
+        self.calls_served = 0
+        self.last_exit: str | None = None
+        self.output_tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL)
+        self._process: WorkerProcess | None = None
+        self._queue: collections.deque[Call] = collections.deque()
+        self._current: Call | None = None
+        self._holder: CallSink | None = None
+        self._pending: str | None = None  # "restart" or "stop", once idle / gone
+        self._stop_reason: ReplyError | None = None
+        self._ready_waiters: list[defer.Deferred] = []
+        self._stopped_waiters: list[defer.Deferred] = []
+        self._timers: dict[str, object] = {}
+        self._backoff = settings.backoff()
+        self._spawned_at: float | None = None
+        self._ready_at: float | None = None
+        self._request_ids = 0
+        self._reply_target: Call | None = None
+        self._reply_error = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    # Commands ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker unless one runs or is on its way."""
+        if self.state in (State.STOPPED, State.FAILED, State.BACKOFF):
+            self._pending = None
+            self._spawn_when_gone()
+
+    def restart(self, when_idle: bool = False) -> defer.Deferred:
+        """Replace the worker with a fresh one; fires once it is ready.
+
+        ``when_idle``: wait until no call runs and no keep-alive session
+        holds the module (code and config changes).  Otherwise stop at once:
+        the worker finishes its call in flight first, and is killed if that
+        call outlives the stop grace period (an explicit ``_reload_``).
+        The Deferred fails with LoadFailed if the new worker cannot load.
+        """
+        waiter = defer.Deferred()
+        if self._pending == "stop" or self.state is State.STOPPED and self._stop_reason:
+            waiter.errback(LoadFailed(self._stop_reason))
+            return waiter
+        self._ready_waiters.append(waiter)
+        self._pending = "restart"
+        if self.state in (State.STOPPED, State.FAILED, State.BACKOFF):
+            self._pending = None
+            self._spawn_when_gone()
+        elif self.state is State.STARTING or (self.state is not State.STOPPING and not when_idle):
+            self._begin_stop()
+        else:
+            self._advance()
+        return waiter
+
+    def update(self, spec: ModuleSpec) -> None:
+        """Take a changed config entry: restart with it once idle."""
+        self.spec = spec
+        self.restart(when_idle=True).addErrback(lambda _: None)
+
+    def stop(self, reason: ReplyError) -> defer.Deferred:
+        """Stop for good; fires once the worker is gone.
+
+        Waiting calls get ``reason``; the call in flight may finish within
+        the stop grace period.
+        """
+        self._pending = "stop"
+        self._stop_reason = reason
+        self._holder = None
+        self._cancel_timer("backoff")
+        queued, self._queue = list(self._queue), collections.deque()
+        for call in queued:
+            call.fail(reason)
+        self._fail_ready_waiters(reason)
+        waiter = defer.Deferred()
+        if self._process is None:
+            self._pending = None
+            self._set_state(State.STOPPED)
+            waiter.callback(None)
+            return waiter
+        self._stopped_waiters.append(waiter)
+        if self.state is not State.STOPPING:
+            self._begin_stop()
+        return waiter
+
+    def submit(self, call: Call) -> None:
+        """Queue a call; it is answered now if the module cannot take it."""
+        if self._pending == "stop" or self.state is State.STOPPED:
+            call.fail(self._stop_reason or ReplyError("NotRunning", f"{self.name} is not running"))
+            return
+        if self.state is State.FAILED and self._pending is None:
+            call.fail(self.load_error)
+            return
+        if call.sink is self._holder:
+            self._queue.appendleft(call)
+        elif len(self._queue) >= self.spec.queue_limit:
+            call.fail(
+                ReplyError(
+                    "Busy",
+                    f"{self.name} already has {len(self._queue)} requests waiting "
+                    f"(queue limit {self.spec.queue_limit}); try again later",
+                )
+            )
+            return
+        else:
+            self._queue.append(call)
+        self._advance()
+
+    def release(self, sink: CallSink) -> None:
+        """The client ``sink`` is gone: drop its waiting calls and its hold."""
+        self._queue = collections.deque(c for c in self._queue if c.sink is not sink)
+        if self._holder is sink:
+            self._holder = None
+            self._advance()
+
+    def snapshot(self) -> dict:
+        """The module's state for ``_status`` and the status page."""
+        now = self.reactor.seconds()
+        current = None
+        if self._current is not None and self._current.started is not None:
+            current = {
+                "function": self._current.function,
+                "client": self._current.client_ip,
+                "seconds": round(now - self._current.started, 3),
+            }
+        backoff = self._timers.get("backoff")
+        return {
+            "state": self.state.value,
+            "pid": self.pid,
+            "uptime": round(now - self._ready_at, 3) if self._ready_at is not None else None,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "last_error": (
+                {"reason": self.load_error.reason, "traceback": self.load_error.traceback}
+                if self.load_error is not None
+                else None
+            ),
+            "queue": len(self._queue),
+            "calls_served": self.calls_served,
+            "current_call": current,
+            "held_by_session": self._holder is not None,
+            "restart_in": round(backoff.getTime() - now, 3) if backoff is not None else None,
+            "module": self.spec.module,
+            "entry": self.spec.entry,
+            "dispatch": self.spec.dispatch,
+            "python": self.spec.python,
+            "files": list(self.files),
+        }
+
+    # Events from the worker ---------------------------------------------
+
+    def worker_message(self, proc: WorkerProcess, kind: int, info: dict) -> None:
+        if proc is not self._process:
+            return
+        if kind == channel.READY:
+            self._worker_ready(info)
+        elif kind == channel.LOAD_FAILED:
+            self._worker_load_failed(info)
+        elif kind == channel.LOG:
+            self._module_log(info)
+
+    def worker_reply_started(self, proc: WorkerProcess, flags: int, request_id: int) -> None:
+        call = self._current
+        if proc is not self._process or call is None or call.request_id != request_id:
+            self.log.warn("{module}: dropping an unexpected reply", module=self.name)
+            self._reply_target = None
+            return
+        self._cancel_timer("call")
+        call.answered = True
+        self._reply_target = call
+        self._reply_error = bool(flags & channel.ERROR)
+        self._to_sink(call, "reply_started", self._reply_error)
+
+    def worker_reply_data(self, proc: WorkerProcess, data: bytes) -> None:
+        if proc is self._process and self._reply_target is not None:
+            self._to_sink(self._reply_target, "reply_data", data)
+
+    def worker_reply_ended(self, proc: WorkerProcess) -> None:
+        call, self._reply_target = self._reply_target, None
+        if proc is not self._process or call is None:
+            return
+        self._current = None
+        self.calls_served += 1
+        held = call.keep_alive and not self._reply_error and self.state is State.BUSY
+        self._holder = call.sink if held else None
+        if self.state is State.BUSY:
+            self._set_state(State.READY)
+        self._to_sink(call, "reply_finished", True)
+        self._advance()
+
+    def _to_sink(self, call: Call, method: str, *args) -> None:
+        """Pass reply events on; a failing client must not break the worker's pipe."""
+        try:
+            getattr(call.sink, method)(*args)
+        except Exception:
+            self.log.failure(
+                "{module}: passing a reply to {client} failed",
+                module=self.name,
+                client=call.client_ip,
+            )
+
+    def worker_output(self, proc: WorkerProcess, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        self.output_tail.append(text)
+        self.log.info("{module} | {line}", module=self.name, line=text, output=True)
+
+    def worker_broken(self, proc: WorkerProcess, what: str) -> None:
+        if proc is self._process:
+            self.log.error("{module}: worker {what}; killing it", module=self.name, what=what)
+            proc.signal("KILL")
+
+    def worker_gone(self, proc: WorkerProcess, description: str) -> None:
+        """The worker exited and its channel closed: decide what comes next."""
+        if proc is not self._process:
+            return
+        self._process = None
+        self.last_exit = description
+        self._cancel_timer("terminate")
+        self._cancel_timer("kill")
+        self._cancel_timer("call")
+        self._ready_at = None
+        self._kill_leftovers(proc)
+        self._fail_current(description)
+        self._holder = None
+        uptime = self.reactor.seconds() - (self._spawned_at or self.reactor.seconds())
+        if self.state is State.STOPPING:
+            self._after_stop()
+        elif self.state is State.FAILED:
+            if self._pending == "restart":
+                self._pending = None
+                self._spawn()
+        else:
+            self._died(description, uptime)
+
+    # Internals ----------------------------------------------------------
+
+    def _set_state(self, state: State) -> None:
+        if state is not self.state:
+            check_transition(self.state, state)
+            self.state = state
+
+    def _spawn_when_gone(self) -> None:
+        if self._process is None:
+            self._spawn()
+        else:
+            self._pending = "restart"
+
+    def _spawn(self) -> None:
+        self._cancel_timer("backoff")
+        self._set_state(State.STARTING)
+        spec = self.spec
+        self.load_error = None
+        if spec.cwd is not None and not os.path.isdir(spec.cwd):
+            self._load_failed(
+                ReplyError(
+                    "LoadError", f"{self.name}: the working directory {spec.cwd} does not exist"
+                )
+            )
+            return
+        env = None
+        if spec.env:
+            env = dict(os.environ)
+            env.update(dict(spec.env))
+        proc = WorkerProcess(self)
+        args = [spec.python, "-u", self.settings.script, spec.name]
+        self._spawned_at = self.reactor.seconds()
+        try:
+            self.reactor.spawnProcess(proc, spec.python, args, env=env, path=spec.cwd)
+        except Exception as exc:
+            self._load_failed(
+                ReplyError("LoadError", f"{self.name}: cannot start {spec.python}: {exc}")
+            )
+            return
+        self._process = proc
+        self.log.info("{module}: starting worker (pid {pid})", module=self.name, pid=proc.pid)
+        proc.send(
+            channel.json_frame(
+                channel.LOAD,
+                {
+                    "name": spec.name,
+                    "module": spec.module,
+                    "entry": spec.entry,
+                    "dispatch": spec.dispatch,
+                    "paths": list(self.settings.import_paths),
+                    "max_reply": self.settings.max_reply,
+                    "log_level": self.settings.log_level,
+                },
+            )
+        )
+
+    def _worker_ready(self, info: dict) -> None:
+        if self.state is not State.STARTING:
+            return
+        self.files = list(info.get("files", []))
+        self._ready_at = self.reactor.seconds()
+        self._set_state(State.READY)
+        self.log.info(
+            "{module}: ready (pid {pid}, loaded in {load_time:.3f} s)",
+            module=self.name,
+            pid=info.get("pid"),
+            load_time=info.get("load_time", 0.0),
+        )
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        self._advance()
+
+    def _worker_load_failed(self, info: dict) -> None:
+        self.files = list(info.get("files", []))
+        reason = info.get("reason", "LoadError")
+        err = ReplyError(
+            "LoadError",
+            f"{self.name} failed to load: {reason}",
+            info.get("traceback", ""),
+        )
+        self._load_failed(err)
+
+    def _load_failed(self, err: ReplyError) -> None:
+        self.load_error = err
+        if self.state is not State.FAILED:
+            self._set_state(State.FAILED)
+        self.log.error(
+            "{module}: {reason}\n{traceback}",
+            module=self.name,
+            reason=err.reason,
+            traceback=err.traceback,
+        )
+        queued, self._queue = list(self._queue), collections.deque()
+        for call in queued:
+            call.fail(err)
+        self._fail_ready_waiters(err)
+
+    def _module_log(self, info: dict) -> None:
+        text = info.get("message", "")
+        if info.get("exc_text"):
+            text = text + "\n" + info["exc_text"].rstrip("\n")
+        self.log.emit(
+            log_level_for(int(info.get("level", 20))),
+            "{module} {logger}: {text}",
+            module=self.name,
+            logger=info.get("logger", ""),
+            text=text,
+            record=info,
+        )
+
+    def _advance(self) -> None:
+        """Start the next piece of work if the module is idle."""
+        if self.state is not State.READY:
+            return
+        if self._pending is not None and self._holder is None:
+            self._begin_stop()
+            return
+        call = self._next_call()
+        if call is not None:
+            self._dispatch(call)
+
+    def _next_call(self) -> Call | None:
+        if not self._queue:
+            return None
+        if self._holder is not None and self._queue[0].sink is not self._holder:
+            return None
+        return self._queue.popleft()
+
+    def _dispatch(self, call: Call) -> None:
+        self._request_ids = (self._request_ids + 1) & 0xFFFFFFFF
+        call.request_id = self._request_ids
+        call.started = self.reactor.seconds()
+        self._current = call
+        self._set_state(State.BUSY)
+        meta = json.dumps({"client": call.client_ip}).encode("utf-8") + b"\n"
+        flags = channel.PLAIN if call.plain else 0
+        head = channel.header(channel.CALL, len(meta) + len(call.request), flags, call.request_id)
+        self._process.send(head, meta, call.request)
+        timeout = call.timeout if call.timeout is not None else self.spec.timeout
+        if timeout is not None:
+            self._timers["call"] = self.reactor.callLater(
+                timeout, self._call_timed_out, call, timeout
+            )
+
+    def _call_timed_out(self, call: Call, timeout: float) -> None:
+        del self._timers["call"]
+        if call is not self._current or call.answered:
+            return
+        self._current = None
+        self._holder = None
+        call.fail(
+            ReplyError(
+                "Timeout",
+                f"{self.name}.{call.function} did not answer within {timeout:g} s; "
+                "its worker was killed and is being restarted",
+            )
+        )
+        self.log.warn(
+            "{module}: {function} timed out after {timeout:g} s; killing the worker",
+            module=self.name,
+            function=call.function,
+            timeout=timeout,
+        )
+        if self._pending != "stop":
+            self._pending = "restart"
+        self._set_state(State.STOPPING)
+        self._process.signal("KILL")
+
+    def _begin_stop(self) -> None:
+        """Ask the worker to stop (it finishes a call in flight first)."""
+        self._set_state(State.STOPPING)
+        self._process.send(channel.frame(channel.STOP))
+        self._timers["terminate"] = self.reactor.callLater(
+            self.settings.stop_grace, self._terminate
+        )
+
+    def _terminate(self) -> None:
+        del self._timers["terminate"]
+        self.log.warn(
+            "{module}: worker did not stop within {grace:g} s; sending SIGTERM",
+            module=self.name,
+            grace=self.settings.stop_grace,
+        )
+        if self._process is not None:
+            self._process.signal("TERM")
+            self._timers["kill"] = self.reactor.callLater(self.settings.kill_grace, self._kill)
+
+    def _kill(self) -> None:
+        del self._timers["kill"]
+        if self._process is not None:
+            self.log.warn("{module}: worker ignored SIGTERM; sending SIGKILL", module=self.name)
+            self._process.signal("KILL")
+
+    def _kill_leftovers(self, proc: WorkerProcess) -> None:
+        """Kill what is left of the worker's process group (its own children)."""
+        if hasattr(os, "killpg") and proc.pid is not None and sys.platform != "win32":
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def _after_stop(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending == "restart":
+            self.log.info("{module}: restarting", module=self.name)
+            self.restarts += 1
+            self._spawn()
+            return
+        self._set_state(State.STOPPED)
+        self.log.info("{module}: stopped", module=self.name)
+        waiters, self._stopped_waiters = self._stopped_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _died(self, description: str, uptime: float) -> None:
+        self.restarts += 1
+        delay = self._backoff.next_delay(uptime)
+        self.log.error(
+            "{module}: worker died unexpectedly ({how}); restarting {when}",
+            module=self.name,
+            how=description,
+            when="now" if delay == 0 else f"in {delay:g} s",
+        )
+        if self._ready_waiters and self.state is State.STARTING:
+            self._fail_ready_waiters(
+                ReplyError(
+                    "WorkerDied",
+                    f"{self.name}: the worker died while loading ({description})",
+                    self._tail_text(),
+                )
+            )
+        self._set_state(State.BACKOFF)
+        if delay == 0:
+            self._spawn()
+        else:
+            self._timers["backoff"] = self.reactor.callLater(delay, self._backoff_over)
+
+    def _backoff_over(self) -> None:
+        del self._timers["backoff"]
+        self._spawn()
+
+    def _fail_current(self, description: str) -> None:
+        call, self._current = self._current, None
+        self._reply_target = None
+        if call is None:
+            return
+        if call.answered:
+            self._to_sink(call, "reply_finished", False)  # cut short: just close
+            return
+        call.fail(
+            ReplyError(
+                "WorkerDied",
+                f"the worker of {self.name} died during {call.function}() ({description})",
+                self._tail_text(),
+            )
+        )
+
+    def _tail_text(self) -> str:
+        if not self.output_tail:
+            return "(the worker wrote nothing before it ended)\n"
+        return "Last output of the worker:\n" + "\n".join(self.output_tail) + "\n"
+
+    def _fail_ready_waiters(self, err: ReplyError) -> None:
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for waiter in waiters:
+            waiter.errback(LoadFailed(err))
+
+    def _cancel_timer(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None and timer.active():
+            timer.cancel()

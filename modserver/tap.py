@@ -1,0 +1,159 @@
+"""``twistd modserver``: command-line options and the service they make."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from modserver.config import ConfigError, read_config
+from modserver.service import ModServer, ServerSettings
+from modserver.supervisor import WorkerSettings
+
+DEFAULT_PORT = 36577
+DEFAULT_INTERFACE = "127.0.0.1"
+DEFAULT_CONFIG = "server.config"
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo", "server.config")
+
+LOG_LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40, "critical": 50}
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def size(text: str) -> int:
+    """A byte count such as ``16777216``, ``64M`` or ``1G``."""
+    text = text.strip().upper().removesuffix("B")
+    unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
+    value = float(text[: len(text) - len(unit)])
+    if value <= 0:
+        raise ValueError("must be positive")
+    return int(value * _SIZE_UNITS[unit])
+
+
+size.coerceDoc = "A byte count; K, M and G suffixes allowed."
+
+
+def seconds(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+class Options(usage.Options):
+    """Options of ``twistd modserver``."""
+
+    synopsis = "[--config PATH] [--listen ENDPOINT ...] [options]"
+    longdesc = (
+        "Runs each module named in the config file in its own worker process and "
+        "serves ModuleServer clients (MATLAB hwserver, the Python client, telnet) "
+        "on the given endpoints.  Without --config it uses ./server.config, or the "
+        "bundled demo modules if there is none."
+    )
+
+    optParameters = [
+        ["config", "c", None, "The JSON config file naming the modules."],
+        [
+            "port",
+            "p",
+            None,
+            f"Listen on this TCP port (default {DEFAULT_PORT}); a shortcut for --listen.",
+            int,
+        ],
+        [
+            "interface",
+            "i",
+            None,
+            f"With --port: the address to listen on (default "
+            f"{DEFAULT_INTERFACE}; 0.0.0.0 for every interface).",
+        ],
+        ["name", None, "modserver", "This server's name, shown by _status."],
+        ["log-level", None, "info", "Lowest level logged: debug, info, warn, error."],
+        [
+            "keepalive-timeout",
+            None,
+            1.0,
+            "Seconds an idle keep-alive connection stays open.",
+            seconds,
+        ],
+        [
+            "idle-timeout",
+            None,
+            60.0,
+            "Seconds a connection may wait before its first message or request.",
+            seconds,
+        ],
+        ["max-request", None, 64 * 1024**2, "Longest request line accepted.", size],
+        ["max-reply", None, 1024**3, "Longest reply line a module may send.", size],
+        [
+            "stop-grace",
+            None,
+            5.0,
+            "Seconds a worker gets to stop (its __exit__) before "
+            "SIGTERM; SIGKILL follows 2 s later.",
+            seconds,
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Listen on a Twisted endpoint, e.g. tcp:36577:interface=0.0.0.0 (repeatable)."""
+        self["listen"].append(description)
+
+    opt_l = opt_listen
+
+    def postOptions(self) -> None:
+        if self["log-level"].lower() not in LOG_LEVELS:
+            raise usage.UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        if self["port"] is not None or self["interface"] is not None:
+            port = self["port"] if self["port"] is not None else DEFAULT_PORT
+            interface = self["interface"] or DEFAULT_INTERFACE
+            if interface == "localhost":
+                interface = "127.0.0.1"
+            self["listen"].append(f"tcp:{port}:interface={interface.replace(':', chr(92) + ':')}")
+        if not self["listen"]:
+            self["listen"].append(f"tcp:{DEFAULT_PORT}:interface={DEFAULT_INTERFACE}")
+
+
+def config_location(given: str | None) -> tuple[str, bool]:
+    """The config file to use and whether it is the bundled demo."""
+    if given:
+        return given, False
+    if os.path.exists(DEFAULT_CONFIG):
+        return os.path.abspath(DEFAULT_CONFIG), False
+    return DEMO_CONFIG, True
+
+
+def makeService(options: Options, reactor=None) -> ModServer:
+    """Build the server from parsed options; a bad setup exits with one line."""
+    if reactor is None:
+        from twisted.internet import reactor
+    path, demo = config_location(options["config"])
+    try:
+        config = read_config(path)
+    except ConfigError as exc:
+        raise SystemExit(f"modserver: {exc}") from None
+    for description in options["listen"]:
+        try:
+            endpoints.serverFromString(reactor, description)
+        except Exception as exc:
+            raise SystemExit(f"modserver: bad --listen endpoint {description!r}: {exc}") from None
+    log_level = LOG_LEVELS[options["log-level"].lower()]
+    settings = ServerSettings(
+        name=options["name"],
+        listen=tuple(options["listen"]),
+        max_request=options["max-request"],
+        keepalive_timeout=options["keepalive-timeout"],
+        idle_timeout=options["idle-timeout"],
+        workers=WorkerSettings(
+            import_paths=(config.base_dir, os.getcwd()),
+            max_reply=options["max-reply"],
+            log_level=log_level,
+            stop_grace=options["stop-grace"],
+        ),
+    )
+    return ModServer(config, settings, reactor, demo=demo)

@@ -1,0 +1,141 @@
+"""The wire codec: client lines to messages and replies to lines (no I/O).
+
+A message is ``quote_plus(json)`` on one line, or plain JSON when the line's
+first non-blank character is ``{`` (for telnet and nc users).  Every reply is
+``{"response": R, "error": E, "traceback": T}`` in the mode of the line it
+answers.
+
+This file is standard-library only and runs in worker children too, which
+may use another (older) Python: no Twisted, no imports from the package,
+syntax that Python 3.7 accepts.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import re
+import urllib.parse
+
+# Bytes that quote_plus leaves alone (urllib.parse._ALWAYS_SAFE); the rest
+# become %XX with upper-case hex, and the space becomes "+".
+SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
+
+# quote_plus below makes one bytes.replace pass per distinct unsafe byte; JSON
+# with ensure_ascii has fewer than 40 of them.  Past this, urllib is cheaper.
+_MAX_REPLACE_PASSES = 48
+
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_PERCENT_AS_EQUALS = bytes.maketrans(b"%", b"=")
+_PLAIN = re.compile(rb"[ \t]*\{")
+
+
+class DecodeError(ValueError):
+    """A line that is not a JSON message."""
+
+
+def quote_plus(data: bytes) -> bytes:
+    """Return ``urllib.parse.quote_plus(data)`` as bytes, byte for byte.
+
+    urllib maps every byte through a Python-level lookup (about 30 MB/s);
+    here each distinct unsafe byte costs one C-level ``bytes.replace`` pass,
+    which makes large JSON replies 10-50 times faster.
+    """
+    unsafe = data.translate(None, SAFE)
+    if not unsafe:
+        return data
+    present = set()
+    while unsafe:
+        byte = unsafe[:1]
+        present.add(byte)
+        if len(present) > _MAX_REPLACE_PASSES:
+            return urllib.parse.quote_plus(data).encode("ascii")
+        unsafe = unsafe.replace(byte, b"")
+    # "%" first, so that the escapes added later are not escaped again;
+    # the space last, so that the "+" it becomes is not taken for a "+".
+    if b"%" in present:
+        data = data.replace(b"%", b"%25")
+    for byte in present - {b"%", b" "}:
+        data = data.replace(byte, b"%%%02X" % byte[0])
+    if b" " in present:
+        data = data.replace(b" ", b"+")
+    return data
+
+
+def unquote_plus(data: bytes) -> str:
+    """Decode a ``quote_plus`` line the way ``urllib.parse.unquote_plus`` does.
+
+    "+" is a space, "%XX" a byte (either hex case), a malformed escape is
+    kept as it is, and the bytes are read as UTF-8 with invalid sequences
+    replaced.  Well-formed input is translated to quoted-printable and
+    decoded by ``binascii.a2b_qp`` in C; anything unusual takes urllib's path.
+    """
+    if b"%" not in data:
+        return data.replace(b"+", b" ").decode("utf-8", "replace")
+    if b"\n" in data or b"\r" in data or _BAD_ESCAPE.search(data):
+        raw = urllib.parse.unquote_to_bytes(data.replace(b"+", b" "))
+        return raw.decode("utf-8", "replace")
+    data = data.replace(b"=", b"=3D").replace(b"+", b" ")
+    return binascii.a2b_qp(data.translate(_PERCENT_AS_EQUALS)).decode("utf-8", "replace")
+
+
+def is_plain(line: bytes) -> bool:
+    """True when ``line`` is plain JSON (first non-blank character ``{``)."""
+    return _PLAIN.match(line) is not None
+
+
+def decode_line(line: bytes) -> tuple[object, bool]:
+    """Decode one line (without its delimiter) into ``(message, plain)``."""
+    plain = is_plain(line)
+    try:
+        message = json.loads(line if plain else unquote_plus(line))
+    except ValueError as exc:
+        raise DecodeError("message is not valid JSON: %s" % (exc,)) from None
+    return message, plain
+
+
+def _to_json(value):
+    """``json.dumps`` default: numpy arrays and scalars (and array.array)."""
+    tolist = getattr(value, "tolist", None)
+    if tolist is not None and callable(tolist):
+        return tolist()
+    raise TypeError("values of type %r cannot be sent as JSON" % type(value).__name__)
+
+
+def reply_body(response, error: bool = False, traceback: str = "", plain: bool = False):
+    """Encode a reply without its newline (the caller writes that separately).
+
+    Raises TypeError or ValueError when ``response`` cannot be encoded.
+    """
+    text = json.dumps(
+        {"response": response, "error": error, "traceback": traceback},
+        default=_to_json,
+    )
+    data = text.encode("ascii")
+    return data if plain else quote_plus(data)
+
+
+def encode_reply(response, error: bool = False, traceback: str = "", plain: bool = False):
+    """Encode a whole reply line, newline included."""
+    return reply_body(response, error, traceback, plain) + b"\n"
+
+
+def one_line(text: str) -> str:
+    """Fold a message onto one line: clients print the reason as a string."""
+    return " ".join(text.splitlines()).strip()
+
+
+def error_reason(kind: str, message: str = "") -> str:
+    """The one-line reason of an error reply: ``"Kind: message"``."""
+    message = one_line(message)
+    return "%s: %s" % (kind, message) if message else kind
+
+
+def exception_reason(exc: BaseException) -> str:
+    """The one-line reason for an exception: its type name and message."""
+    return error_reason(type(exc).__name__, str(exc))
+
+
+def encode_error(reason: str, traceback: str, plain: bool = False) -> bytes:
+    """Encode an error reply line; ``traceback`` is never empty on errors."""
+    return encode_reply(reason, True, traceback or reason + "\n", plain)

@@ -1,0 +1,439 @@
+"""The worker child: imports one module, makes its instance, serves calls.
+
+Run by the server as ``python -u worker.py NAME``; speaks frames (see
+channel.py) with the server over what were its stdin and stdout.
+
+Standard-library only and Python 3.7 syntax: a module may need another
+interpreter (a 32-bit one for a vendor DLL), which has neither Twisted nor
+this package installed.  The two sibling files it needs are loaded by path.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import importlib
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import queue
+import signal
+import site
+import sys
+import sysconfig
+import threading
+import time
+import traceback
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+# After the server's end of the channel closes while a call runs, how long
+# the call may go on before the worker leaves anyway: a worker must never be
+# orphaned holding hardware.
+ORPHAN_GRACE = 1.5
+
+EXIT_STOPPED = 0
+EXIT_LOAD_FAILED = 3
+EXIT_ORPHANED = 4
+
+_MISSING = object()
+
+
+def _load_sibling(name: str):
+    path = os.path.join(_HERE, name + ".py")
+    spec = importlib.util.spec_from_file_location("_modserver_" + name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+wire = _load_sibling("wire")
+channel = _load_sibling("channel")
+
+
+class BadRequest(Exception):
+    """The request cannot be served by this module (the module was not called)."""
+
+
+class ReplyTooLarge(Exception):
+    """The encoded reply is longer than the server accepts."""
+
+
+def protect_channel() -> tuple[int, int]:
+    """Move the channel off fds 0 and 1; point fd 1 at fd 2 (the log).
+
+    Module code that prints, and C code that writes to fd 1, then ends up in
+    the server's log instead of corrupting the channel.
+    """
+    channel_in, channel_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    return channel_in, channel_out
+
+
+class Channel:
+    """The worker's end of the channel: one reader thread, locked writes."""
+
+    def __init__(self, fd_in: int, fd_out: int) -> None:
+        self._in = os.fdopen(fd_in, "rb")
+        self._out = os.fdopen(fd_out, "wb")
+        self._lock = threading.Lock()
+        self.inbox = queue.Queue()
+        self.closed = threading.Event()
+
+    def read_frame(self):
+        """Block for one frame: ``(kind, flags, request_id, payload)`` or None at EOF."""
+        head = self._in.read(channel.HEADER.size)
+        if len(head) < channel.HEADER.size:
+            return None
+        kind, flags, request_id, length = channel.HEADER.unpack(head)
+        payload = self._in.read(length)
+        if len(payload) < length:
+            return None
+        return kind, flags, request_id, payload
+
+    def read_forever(self) -> None:
+        """Thread body: queue every frame; at EOF queue None and set ``closed``."""
+        while True:
+            frame = self.read_frame()
+            if frame is None:
+                self.closed.set()
+                self.inbox.put(None)
+                return
+            self.inbox.put(frame)
+
+    def send(self, kind, payload=b"", flags=0, request_id=0, tail=b"") -> None:
+        """Write one frame; ``tail`` is appended without copying ``payload``."""
+        head = channel.header(kind, len(payload) + len(tail), flags, request_id)
+        with self._lock:
+            self._out.write(head)
+            self._out.write(payload)
+            if tail:
+                self._out.write(tail)
+            self._out.flush()
+
+    def send_json(self, kind, obj, flags=0, request_id=0) -> None:
+        self.send(kind, json.dumps(obj).encode("utf-8"), flags, request_id)
+
+
+class ChannelLogHandler(logging.Handler):
+    """Forwards logging records to the server as LOG frames."""
+
+    def __init__(self, chan: Channel, module_name: str) -> None:
+        logging.Handler.__init__(self)
+        self._chan = chan
+        self._module_name = module_name
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            event = {
+                "module": self._module_name,
+                "logger": record.name,
+                "level": record.levelno,
+                "levelname": record.levelname,
+                "message": record.getMessage(),
+                "time": record.created,
+                "exc_text": self._exc_text(record),
+            }
+            self._chan.send_json(channel.LOG, event)
+        except Exception:
+            self.handleError(record)
+
+    def _exc_text(self, record) -> str:
+        if record.exc_info:
+            return "".join(traceback.format_exception(*record.exc_info))
+        return record.exc_text or ""
+
+
+def _library_dirs() -> list[str]:
+    """Directories whose files are not the user's own (stdlib, site-packages)."""
+    dirs = set(filter(None, sysconfig.get_paths().values()))
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+        dirs.add(os.path.join(prefix, "lib"))
+        dirs.add(os.path.join(prefix, "Lib"))
+    try:
+        dirs.update(site.getsitepackages())
+        dirs.add(site.getusersitepackages())
+    except AttributeError:
+        pass  # an old virtualenv's site module
+    dirs.add(_HERE)
+    return [os.path.normcase(os.path.abspath(d)) + os.sep for d in dirs]
+
+
+def _source_file(path):
+    """The .py file for a module's ``__file__`` where there is one."""
+    if not path:
+        return None
+    path = os.path.abspath(path)
+    if path.endswith((".pyc", ".pyo")):
+        if os.path.basename(os.path.dirname(path)) == "__pycache__":
+            base = os.path.basename(path).split(".")[0] + ".py"
+            candidate = os.path.join(os.path.dirname(os.path.dirname(path)), base)
+        else:
+            candidate = path[:-1]
+        if os.path.isfile(candidate):
+            return candidate
+    return path if os.path.isfile(path) else None
+
+
+def user_files(paths) -> list[str]:
+    """The given files that belong to the user's tree, sorted, each once."""
+    libraries = _library_dirs()
+    found = set()
+    for path in paths:
+        path = _source_file(path)
+        if path and not os.path.normcase(path).startswith(tuple(libraries)):
+            found.add(path)
+    return sorted(found)
+
+
+def _traceback_files(exc) -> list[str]:
+    files = [frame.filename for frame in traceback.extract_tb(exc.__traceback__)]
+    if isinstance(exc, SyntaxError) and exc.filename:
+        files.append(exc.filename)
+    return files
+
+
+def _module_origin(import_path: str):
+    try:
+        spec = importlib.util.find_spec(import_path)
+    except Exception:
+        return None
+    return spec.origin if spec is not None else None
+
+
+def module_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` from the module's first frame on.
+
+    The worker's own frames say nothing to the person reading the error; an
+    error raised by the worker itself keeps just its type and message.
+    """
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    if tb is None:
+        return "".join(traceback.format_exception_only(type(exc), exc))
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def generated_help(instance, name: str, dispatch) -> str:
+    """One line per public method: name, signature, first docstring line."""
+    lines = ["%s: calls take positional arguments only." % name]
+    if dispatch:
+        lines.append("Calls go through %s(client_ip, function, *args)." % dispatch)
+    for attr in sorted(dir(instance)):
+        if attr.startswith("_"):
+            continue
+        raw = inspect.getattr_static(instance, attr, None)
+        if isinstance(raw, (staticmethod, classmethod)) or inspect.isfunction(raw):
+            method = getattr(instance, attr)
+        elif callable(raw) and not inspect.isclass(raw):
+            method = raw
+        else:
+            continue  # properties and data: reading them might touch hardware
+        try:
+            signature = str(inspect.signature(method))
+        except (TypeError, ValueError):
+            signature = "(...)"
+        doc = (inspect.getdoc(method) or "").strip().splitlines()
+        lines.append(attr + signature + (" - " + doc[0] if doc else ""))
+    return "\n".join(lines)
+
+
+class Worker:
+    """One loaded module and the loop that serves its calls."""
+
+    def __init__(self, chan: Channel, job: dict) -> None:
+        self.chan = chan
+        self.job = job
+        self.name = job["name"]
+        self.dispatch = job.get("dispatch")
+        self.max_reply = job.get("max_reply") or channel.MAX_FRAME
+        self.module = None
+        self.instance = None
+
+    def load(self) -> bool:
+        """Import the module and make its instance; report READY or LOAD_FAILED."""
+        sys.path[:0] = self.job.get("paths", [])
+        started = time.time()
+        try:
+            self.module = importlib.import_module(self.job["module"])
+            entry = getattr(self.module, self.job["entry"], None)
+            if entry is None or not callable(entry):
+                raise AttributeError(
+                    'module "%s" has no class or function "%s"'
+                    % (self.job["module"], self.job["entry"])
+                )
+            self.instance = entry()
+            if self.dispatch and not callable(getattr(self.instance, self.dispatch, None)):
+                raise AttributeError(
+                    '%s has no dispatch method "%s"' % (type(self.instance).__name__, self.dispatch)
+                )
+        except BaseException as exc:
+            files = self._loaded_files() + _traceback_files(exc)
+            files.append(_module_origin(self.job["module"]))
+            self.chan.send_json(
+                channel.LOAD_FAILED,
+                {
+                    "reason": wire.exception_reason(exc),
+                    "traceback": traceback.format_exc(),
+                    "files": user_files(files),
+                },
+            )
+            return False
+        self.chan.send_json(
+            channel.READY,
+            {
+                "pid": os.getpid(),
+                "files": user_files(self._loaded_files()),
+                "load_time": time.time() - started,
+                "python": sys.version.split()[0],
+                "executable": sys.executable,
+            },
+        )
+        return True
+
+    def _loaded_files(self) -> list[str]:
+        return [getattr(m, "__file__", None) for m in list(sys.modules.values())]
+
+    def serve(self) -> int:
+        """Serve frames until told to stop or the channel closes; the exit code."""
+        while True:
+            frame = self.chan.inbox.get()
+            if frame is None or frame[0] == channel.STOP:
+                self.close()
+                return EXIT_STOPPED
+            kind, flags, request_id, payload = frame
+            if kind == channel.CALL:
+                self.call(flags, request_id, payload)
+
+    def call(self, flags: int, request_id: int, payload: bytes) -> None:
+        """Run one request and send its reply, whatever happens."""
+        plain = bool(flags & channel.PLAIN)
+        meta, _, request = payload.partition(b"\n")
+        try:
+            meta, request = json.loads(meta), json.loads(request)
+            function = request.get("function")
+            args = request.get("args") or []
+            result = self.invoke(function, args, meta.get("client", ""))
+            body = self.encode(function, result, plain)
+        except BadRequest as exc:
+            self.reply_error(request_id, plain, exc, wire.exception_reason(exc) + "\n")
+        except BaseException as exc:
+            self.reply_error(request_id, plain, exc, module_traceback(exc))
+        else:
+            self.chan.send(channel.REPLY, body, self._flags(plain), request_id, b"\n")
+
+    def invoke(self, function, args, client_ip):
+        """Call the module; its exceptions propagate with its own frames first."""
+        if function == "_help":
+            module_help = getattr(self.module, "_help", None)
+            if callable(module_help):
+                return module_help()
+            return generated_help(self.instance, self.name, self.dispatch)
+        if self.dispatch:
+            return getattr(self.instance, self.dispatch)(client_ip, function, *args)
+        return self.method(function)(*args)
+
+    def method(self, function):
+        """The public method ``function`` of the instance, or BadRequest."""
+        if not isinstance(function, str) or function.startswith("_"):
+            raise BadRequest(
+                '"%s" is private: only public methods of %s can be called' % (function, self.name)
+            )
+        raw = inspect.getattr_static(self.instance, function, _MISSING)
+        if raw is _MISSING and not hasattr(self.instance, function):
+            raise BadRequest('%s has no function "%s" (case matters)' % (self.name, function))
+        if isinstance(raw, property):
+            raise BadRequest('"%s" of %s is a property, not a function' % (function, self.name))
+        method = getattr(self.instance, function)
+        if not callable(method):
+            raise BadRequest('"%s" of %s is not a function' % (function, self.name))
+        return method
+
+    def encode(self, function, result, plain: bool) -> bytes:
+        try:
+            body = wire.reply_body(result, plain=plain)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise TypeError(
+                "%s.%s returned a value of type %s that cannot be sent as JSON (%s)"
+                % (self.name, function, type(result).__name__, exc)
+            ) from None
+        if len(body) + 1 > self.max_reply:
+            raise ReplyTooLarge(
+                "the reply of %s.%s is %d bytes, over the server's limit of %d bytes"
+                % (self.name, function, len(body) + 1, self.max_reply)
+            )
+        return body
+
+    def reply_error(self, request_id: int, plain: bool, exc, text: str) -> None:
+        body = wire.reply_body(wire.exception_reason(exc), True, text, plain)
+        flags = self._flags(plain) | channel.ERROR
+        self.chan.send(channel.REPLY, body, flags, request_id, b"\n")
+
+    def _flags(self, plain: bool) -> int:
+        return channel.PLAIN if plain else 0
+
+    def close(self) -> None:
+        """Leave the hardware tidy: the instance's ``__exit__`` if it has one."""
+        exit_method = getattr(self.instance, "__exit__", None)
+        if exit_method is None:
+            return
+        try:
+            exit_method(None, None, None)
+        except BaseException:
+            logging.getLogger(__name__).exception("%s: __exit__ failed", self.name)
+
+
+def _leave_if_orphaned(chan: Channel) -> None:
+    """Thread body: once the server is gone, exit even if a call is stuck."""
+    chan.closed.wait()
+    time.sleep(ORPHAN_GRACE)
+    os._exit(EXIT_ORPHANED)
+
+
+def _set_up_process() -> None:
+    if hasattr(os, "setsid"):
+        try:
+            os.setsid()  # own process group: signals to it reach grandchildren
+        except OSError:
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the server
+    faulthandler.enable()  # a crash in C code leaves a Python traceback in the log
+
+
+def _set_up_logging(chan: Channel, job: dict) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(ChannelLogHandler(chan, job["name"]))
+    root.setLevel(job.get("log_level", logging.INFO))
+
+
+def main() -> int:
+    if sys.path and os.path.abspath(sys.path[0] or ".") == _HERE:
+        del sys.path[0]  # our own directory must not shadow the user's modules
+    fd_in, fd_out = protect_channel()
+    _set_up_process()
+    chan = Channel(fd_in, fd_out)
+    first = chan.read_frame()
+    if first is None or first[0] != channel.LOAD:
+        return EXIT_ORPHANED
+    job = json.loads(first[3])
+    _set_up_logging(chan, job)
+    threading.Thread(target=chan.read_forever, name="channel", daemon=True).start()
+    threading.Thread(target=_leave_if_orphaned, args=(chan,), daemon=True).start()
+    worker = Worker(chan, job)
+    if not worker.load():
+        return EXIT_LOAD_FAILED
+    return worker.serve()
+
+
+if __name__ == "__main__":
+    code = main()
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(code)  # do not wait for threads the module left running

@@ -1,0 +1,240 @@
+"""Test helpers: a real server in a subprocess, and raw wire clients.
+
+Clients speak bytes on a plain socket, exactly as existing clients do, so
+the tests see what a MATLAB or Python client would see.  Every socket has a
+timeout and every wait has a deadline: a broken server fails a test, it
+never hangs the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+MODULES_DIR = Path(__file__).parent / "modules"
+SOCKET_TIMEOUT = 15.0
+
+
+def twistd_command() -> list[str]:
+    """How to run twistd with this interpreter's environment."""
+    script = Path(sys.executable).parent / "twistd"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; run()"]
+
+
+def wait_for(condition, timeout: float = 15.0, interval: float = 0.02, what: str = "condition"):
+    """Poll ``condition()`` until it returns a true value; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def encode(obj, plain: bool = False) -> bytes:
+    text = json.dumps(obj)
+    return (text if plain else urllib.parse.quote_plus(text)).encode() + b"\n"
+
+
+def decode(line: bytes, plain: bool = False):
+    text = line.decode() if plain else urllib.parse.unquote_plus(line.decode())
+    return json.loads(text)
+
+
+class Connection:
+    """One raw client connection."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=SOCKET_TIMEOUT)
+        self._buffer = b""
+
+    def send(self, obj, plain: bool = False) -> None:
+        self.sock.sendall(encode(obj, plain))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_line(self) -> bytes:
+        while b"\n" not in self._buffer:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise ConnectionError(f"connection closed; partial data {self._buffer[:200]!r}")
+            self._buffer += data
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def reply(self, plain: bool = False) -> dict:
+        return decode(self.read_line(), plain)
+
+    def is_closed(self, timeout: float = SOCKET_TIMEOUT) -> bool:
+        """True once the server has closed the connection (waits up to ``timeout``)."""
+        if self._buffer:
+            return False
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(1) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self.sock.settimeout(SOCKET_TIMEOUT)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def hello(port: int, name, plain: bool = False) -> dict:
+    """Send a hello that the server answers and then closes."""
+    with Connection(port) as conn:
+        conn.send({"name": name}, plain)
+        reply = conn.reply(plain)
+        assert conn.is_closed(), "the server did not close the connection after its reply"
+        return reply
+
+
+def call(port: int, module: str, function, *args, plain: bool = False, **fields) -> dict:
+    """One hello + request, the way the original client's ``com`` does it."""
+    with Connection(port) as conn:
+        conn.send({"name": module}, plain)
+        ack = conn.reply(plain)
+        if ack["error"]:
+            return ack
+        assert ack["response"] == "ack", ack
+        request = {"function": function, "args": list(args), "keep_alive": False}
+        request.update(fields)
+        conn.send(request, plain)
+        return conn.reply(plain)
+
+
+def response(reply: dict):
+    """The response of a successful reply (an error reply fails the test)."""
+    assert reply["error"] is False, f"{reply['response']}\n{reply['traceback']}"
+    assert reply["traceback"] == ""
+    return reply["response"]
+
+
+class ServerProcess:
+    """``twistd -n modserver`` in a subprocess with its own config and modules."""
+
+    def __init__(self, directory: Path, config: dict | None, args: tuple[str, ...] = ()) -> None:
+        self.directory = directory
+        self.config_path = directory / "server.config"
+        self.log_path = directory / "server.log"
+        self.args = args
+        self.port: int | None = None
+        self.process: subprocess.Popen | None = None
+        for module in MODULES_DIR.glob("*.py"):
+            shutil.copy(module, directory / module.name)
+        if config is not None:
+            self.write_config(config)
+
+    def write_config(self, config: dict) -> None:
+        self.config_path.write_text(json.dumps(config, indent=2))
+
+    def start(self, wait_ready: bool = True) -> ServerProcess:
+        command = [
+            *twistd_command(),
+            "-n",
+            "--pidfile=",
+            "modserver",
+            "--config",
+            str(self.config_path),
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            *self.args,
+        ]
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            command, cwd=self.directory, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        match = wait_for(self._listening, what="the server to listen")
+        self.port = int(match.group(1))
+        if wait_ready:
+            self.wait_settled()
+        return self
+
+    def _listening(self):
+        if self.process.poll() is not None:
+            raise AssertionError(f"the server exited early:\n{self.log()}")
+        return re.search(r"listening on 127\.0\.0\.1:(\d+)", self.log())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def status(self, module: str | None = None) -> dict:
+        name = "_status" if module is None else f"_status.{module}"
+        return response(hello(self.port, name, plain=True))
+
+    def module_status(self, module: str) -> dict:
+        return self.status(module)["modules"][module]
+
+    def wait_settled(self, timeout: float = 20.0) -> dict:
+        """Wait until no module is starting, stopping or backing off."""
+
+        def settled():
+            status = self.status()
+            states = {m["state"] for m in status["modules"].values()}
+            return status if states <= {"ready", "failed", "busy"} else None
+
+        return wait_for(settled, timeout, what="every module to be ready or failed")
+
+    def wait_state(self, module: str, state: str, timeout: float = 20.0) -> dict:
+        return wait_for(
+            lambda: (s := self.module_status(module))["state"] == state and s,
+            timeout,
+            what=f"{module} to be {state}",
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+            log = self.log()
+            raise AssertionError(f"the server did not stop within {timeout} s:\n{log}") from None
+        finally:
+            self._log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

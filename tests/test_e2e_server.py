@@ -1,0 +1,372 @@
+"""The server as an operator runs it: command line, defaults, limits, options."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    Connection,
+    ServerProcess,
+    call,
+    hello,
+    pid_alive,
+    response,
+    twistd_command,
+    wait_for,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_twistd(args, cwd, timeout=30):
+    return subprocess.run(
+        [*twistd_command(), "-n", "--pidfile=", "modserver", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# Command-line errors are one clear line --------------------------------------
+
+
+def _one_line_error(result, *fragments):
+    """Exit status 1 and one line saying why (stderr, or the log once twistd logs)."""
+    output = result.stderr + result.stdout
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if "modserver:" in line]
+    assert len(lines) == 1, output
+    for fragment in fragments:
+        assert fragment in lines[0], output
+
+
+def test_missing_config_file_is_a_one_line_error(tmp_path):
+    result = run_twistd(["--config", "nowhere.config"], tmp_path)
+    _one_line_error(result, "cannot read config file nowhere.config", "No such file")
+
+
+def test_config_that_is_not_json_is_a_one_line_error(tmp_path):
+    (tmp_path / "server.config").write_text("{ not json")
+    result = run_twistd(["--config", "server.config"], tmp_path)
+    _one_line_error(result, "server.config is not valid JSON")
+
+
+def test_bad_endpoint_string_is_a_one_line_error(tmp_path):
+    result = run_twistd(["--listen", "carrier-pigeon:9"], tmp_path)
+    _one_line_error(result, "bad --listen endpoint 'carrier-pigeon:9'")
+
+
+def test_port_in_use_is_a_one_line_error_and_starts_no_worker(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        (tmp_path / "server.config").write_text(json.dumps({"basic": ["basic", "Basic", None]}))
+        (tmp_path / "basic.py").write_text((ROOT / "tests/modules/basic.py").read_text())
+        result = run_twistd(["--port", str(port)], tmp_path)
+        _one_line_error(
+            result, f"cannot listen on tcp:{port}:interface=127.0.0.1", "Address already in use"
+        )
+        assert "starting worker" not in result.stdout
+    finally:
+        taken.close()
+
+
+# Defaults ---------------------------------------------------------------------
+
+
+def test_without_config_it_serves_the_bundled_demo(tmp_path):
+    srv = ServerProcess(tmp_path, config=None)
+    srv.config_path.unlink(missing_ok=True)
+    process = subprocess.Popen(
+        [
+            *twistd_command(),
+            "-n",
+            "--pidfile=",
+            "modserver",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+        ],
+        cwd=tmp_path,
+        stdout=open(srv.log_path, "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    srv.process, srv._log = process, open(os.devnull, "wb")
+    try:
+        srv.port = int(wait_for(srv._listening, what="the demo server").group(1))
+        srv.wait_settled()
+        assert "serving the bundled demo modules" in srv.log()
+        assert response(hello(srv.port, "_get_modules")) == ["echo", "laser", "wavemeter"]
+        assert response(call(srv.port, "echo", "add", 2, 3)) == 5
+        assert response(call(srv.port, "laser", "set_wavelength", 800)) == 800.0
+        assert isinstance(response(call(srv.port, "wavemeter", "GetPower", 1)), float)
+    finally:
+        srv.stop()
+
+
+def test_server_config_in_the_working_directory_is_used(tmp_path):
+    srv = ServerProcess(tmp_path, {"only": ["basic", "Basic", None]})
+    process = subprocess.Popen(
+        [
+            *twistd_command(),
+            "-n",
+            "--pidfile=",
+            "modserver",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+        ],
+        cwd=tmp_path,
+        stdout=open(srv.log_path, "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    srv.process, srv._log = process, open(os.devnull, "wb")
+    try:
+        srv.port = int(wait_for(srv._listening, what="the server").group(1))
+        assert response(hello(srv.port, "_get_modules")) == ["only"]
+    finally:
+        srv.stop()
+
+
+def test_port_and_interface_shortcuts(tmp_path):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    srv = ServerProcess(tmp_path, {"basic": ["basic", "Basic", None]})
+    log = open(srv.log_path, "wb")
+    process = subprocess.Popen(
+        [
+            *twistd_command(),
+            "-n",
+            "--pidfile=",
+            "modserver",
+            "--config",
+            str(srv.config_path),
+            "--port",
+            str(port),
+            "--interface",
+            "localhost",
+        ],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    srv.process, srv._log = process, log
+    try:
+        wait_for(lambda: f"listening on 127.0.0.1:{port}" in srv.log(), what="the server")
+        assert response(hello(port, "_ping"))[0] == "127.0.0.1"
+    finally:
+        srv.stop()
+
+
+def test_compatible_server_main_runs_the_same_server(tmp_path):
+    """A server.py written for the original: server.main(name, config, ip, port, level, log)."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    srv = ServerProcess(tmp_path, {"basic": ["basic", "Basic", None]})
+    (tmp_path / "server.py").write_text(
+        "import logging, os\n"
+        "import modserver.server as server\n"
+        "BASE = os.path.dirname(os.path.abspath(__file__))\n"
+        "if __name__ == '__main__':\n"
+        f"    server.main('HW Server', os.path.join(BASE, 'server.config'), 'localhost', {port},\n"
+        "                logging.INFO, os.path.join(BASE, 'logs', 'server.log'))\n"
+    )
+    log = open(srv.log_path, "wb")
+    process = subprocess.Popen(
+        [sys.executable, "server.py"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT
+    )
+    srv.process, srv._log = process, log
+    try:
+        wait_for(lambda: f"listening on 127.0.0.1:{port}" in srv.log(), what="server.main")
+        srv.port = port
+        srv.wait_settled()
+        assert response(call(port, "basic", "add", 1, 2)) == 3
+        assert response(hello(port, "_status"))["server"]["name"] == "HW Server"
+        wait_for(
+            lambda: "basic: ready" in (tmp_path / "logs/server.log").read_text(),
+            what="the log file",
+        )
+    finally:
+        assert srv.stop() == 0
+
+
+# Limits -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_limits(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("limits")
+    config = {"basic": ["basic", "Basic", None]}
+    args = ("--max-request", "2K", "--max-reply", "4K")
+    with ServerProcess(directory, config, args).start() as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_request_over_the_limit_is_an_error_then_close(small_limits, plain):
+    with Connection(small_limits.port) as conn:
+        conn.send({"name": "basic"}, plain)
+        response(conn.reply(plain))
+        conn.send({"function": "echo", "args": ["z" * 5000]}, plain)
+        reply = conn.reply(plain)
+        assert reply["error"] is True
+        assert reply["response"].startswith("LineTooLong: the message is longer than")
+        assert conn.is_closed()
+
+
+def test_an_endless_line_is_cut_off(small_limits):
+    with Connection(small_limits.port) as conn:
+        conn.send_raw(b"x" * 100_000)
+        reply = conn.reply()
+        assert reply["error"] is True and reply["response"].startswith("LineTooLong")
+        assert conn.is_closed()
+
+
+def test_reply_over_the_limit_is_an_error(small_limits):
+    reply = call(small_limits.port, "basic", "big", 10_000)
+    assert reply["error"] is True
+    assert reply["response"].startswith("ReplyTooLarge: the reply of basic.big is")
+    assert response(call(small_limits.port, "basic", "big", 100)) == "x" * 100
+
+
+# Module options ---------------------------------------------------------------
+
+
+def _other_interpreter():
+    """An older CPython (stdlib only), to show the worker does not need our environment."""
+    candidates = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.[789].*/bin/python3")))
+    candidates += ["/usr/bin/python3"]
+    for path in candidates:
+        if os.path.exists(path) and os.path.realpath(path) != os.path.realpath(sys.executable):
+            return path
+    return None
+
+
+def test_per_module_python_cwd_and_env(tmp_path):
+    link = tmp_path / "lab-python"
+    link.symlink_to(sys.executable)
+    workdir = tmp_path / "instrument-dir"
+    workdir.mkdir()
+    config = {
+        "who": {
+            "module": "whoami",
+            "entry": "WhoAmI",
+            "python": str(link),
+            "cwd": "instrument-dir",
+            "env": {"MODSERVER_TEST_VALUE": "set-by-config"},
+        },
+    }
+    with ServerProcess(tmp_path, config).start() as srv:
+        facts = response(call(srv.port, "who", "facts"))
+        assert facts["executable"] == str(link)
+        assert facts["cwd"] == str(workdir)
+        assert facts["env"] == "set-by-config"
+
+
+def test_worker_runs_under_another_python_without_twisted(tmp_path):
+    python = _other_interpreter()
+    if python is None:
+        pytest.skip("no second Python interpreter on this machine")
+    config = {
+        "who": {"module": "whoami", "entry": "WhoAmI", "python": python},
+        "basic": {"module": "basic", "entry": "Basic", "python": python},
+    }
+    with ServerProcess(tmp_path, config).start() as srv:
+        facts = response(call(srv.port, "who", "facts"))
+        assert facts["executable"] == python
+        assert response(call(srv.port, "basic", "add", 20, 22)) == 42
+        reply = call(srv.port, "basic", "boom", "old python")
+        assert reply["error"] is True and reply["response"] == "ValueError: old python"
+
+
+def test_imports_resolve_in_the_config_directory_then_the_working_directory(tmp_path):
+    config_dir, cwd = tmp_path / "config", tmp_path / "cwd"
+    config_dir.mkdir()
+    cwd.mkdir()
+    source = "class Where:\n    def where(self):\n        return {!r}\n"
+    (config_dir / "shadowed.py").write_text(source.format("config directory"))
+    (cwd / "shadowed.py").write_text(source.format("working directory"))
+    (cwd / "cwd_only.py").write_text(source.format("working directory"))
+    config = {"a": ["shadowed", "Where", None], "b": ["cwd_only", "Where", None]}
+    srv = ServerProcess(config_dir, config)
+    log = open(srv.log_path, "wb")
+    srv.process = subprocess.Popen(
+        [
+            *twistd_command(),
+            "-n",
+            "--pidfile=",
+            "modserver",
+            "--config",
+            str(srv.config_path),
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+        ],
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    srv._log = log
+    try:
+        srv.port = int(wait_for(srv._listening, what="the server").group(1))
+        srv.wait_settled()
+        assert response(call(srv.port, "a", "where")) == "config directory"
+        assert response(call(srv.port, "b", "where")) == "working directory"
+    finally:
+        srv.stop()
+
+
+# Shutdown ----------------------------------------------------------------------
+
+
+def test_workers_exit_when_the_server_is_killed(tmp_path):
+    config = {"basic": ["basic", "Basic", None], "busy": ["basic", "Basic", None]}
+    srv = ServerProcess(tmp_path, config).start()
+    pids = [srv.module_status(name)["pid"] for name in config]
+    conn = Connection(srv.port)
+    conn.send({"name": "busy"}, True)
+    response(conn.reply(True))
+    conn.send({"function": "sleep", "args": [30]}, True)
+    srv.wait_state("busy", "busy")
+    srv.stop(signal.SIGKILL)
+    conn.close()
+    wait_for(
+        lambda: not any(pid_alive(pid) for pid in pids),
+        timeout=2.5,
+        what="every worker to exit after the server was killed",
+    )
+
+
+def test_sigterm_stops_every_worker_after_its_exit_hook(tmp_path):
+    (tmp_path / "tidy.py").write_text(
+        "import os\n"
+        "class Tidy:\n"
+        "    def __exit__(self, *exc):\n"
+        "        open(os.environ['TIDY_MARK'], 'a').write('exit called\\n')\n"
+        "    def ping(self):\n"
+        "        return 'pong'\n"
+    )
+    mark = tmp_path / "mark.txt"
+    config = {
+        "one": {"module": "tidy", "entry": "Tidy", "env": {"TIDY_MARK": str(mark)}},
+        "two": {"module": "tidy", "entry": "Tidy", "env": {"TIDY_MARK": str(mark)}},
+    }
+    srv = ServerProcess(tmp_path, config).start()
+    pids = [srv.module_status(name)["pid"] for name in config]
+    assert srv.stop(signal.SIGTERM, timeout=10) in (0, -signal.SIGTERM)  # twistd re-raises it
+    assert mark.read_text().count("exit called") == 2
+    assert not any(pid_alive(pid) for pid in pids)

@@ -1,0 +1,73 @@
+"""Installing the package makes ``twistd modserver`` available from anywhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory):
+    """A virtual environment with nothing of ours in it."""
+    where = tmp_path_factory.mktemp("venv")
+    venv.EnvBuilder(with_pip=True).create(where)
+    return where / "bin"
+
+
+def _pip(bin_dir: Path, *args: str) -> None:
+    result = subprocess.run(
+        [str(bin_dir / "python"), "-m", "pip", "install", "-q", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _twistd_help_from(bin_dir: Path, cwd: Path) -> str:
+    result = subprocess.run(
+        [str(bin_dir / "twistd"), "--help"], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _lists_modserver(listing: str) -> bool:
+    return any(line.split()[:1] == ["modserver"] for line in listing.splitlines())
+
+
+@pytest.mark.parametrize("editable", [False, True], ids=["regular", "editable"])
+def test_twistd_finds_the_plugin_after_install(fresh_venv, tmp_path, editable):
+    _pip(fresh_venv, *(["-e"] if editable else []), str(ROOT))
+    assert _lists_modserver(_twistd_help_from(fresh_venv, tmp_path))
+    subprocess.run(
+        [str(fresh_venv / "python"), "-m", "pip", "uninstall", "-qy", "modserver"],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert not _lists_modserver(_twistd_help_from(fresh_venv, tmp_path))
+
+
+def test_plugin_is_found_by_this_environment(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "modserver",
+            "--help",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--config" in result.stdout and "--listen" in result.stdout
