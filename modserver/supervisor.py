@@ -12,7 +12,6 @@ import collections
 import json
 import os
 import signal
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -52,6 +51,22 @@ def log_level_for(levelno: int) -> LogLevel:
     return LogLevel.debug
 
 
+def signal_group(pid: int, name: str) -> bool:
+    """Send SIGname to process group ``pid``; False if there is no such group.
+
+    Workers make themselves the leaders of their own process groups, so this
+    reaches whatever they started too.  Windows has no process groups.
+    """
+    number = getattr(signal, "SIG" + name, None)
+    if not hasattr(os, "killpg") or number is None:
+        return False
+    try:
+        os.killpg(pid, number)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 @dataclass
 class WorkerSettings:
     """What every worker of one server shares."""
@@ -63,6 +78,7 @@ class WorkerSettings:
     kill_grace: float = 2.0  # SIGTERM -> SIGKILL
     backoff: Callable[[], Backoff] = Backoff
     script: str = WORKER_SCRIPT
+    signal_group: Callable[[int, str], bool] = signal_group
 
 
 class CallSink:
@@ -116,9 +132,11 @@ class WorkerProcess(protocol.ProcessProtocol):
 
     def __init__(self, supervisor: ModuleSupervisor) -> None:
         self.supervisor = supervisor
+        self.group_signaller = supervisor.settings.signal_group
         self.pid: int | None = None
         self.exit_description: str | None = None
         self.channel_closed = False
+        self.gone = False
         self._parser = channel.FrameParser(self)
         self._kind = None
         self._chunks: list[bytes] = []
@@ -196,9 +214,9 @@ class WorkerProcess(protocol.ProcessProtocol):
         if self._grace_call is not None and self._grace_call.active():
             self._grace_call.cancel()
         self._grace_call = None
-        if self.supervisor is not None:
-            supervisor, self.supervisor = self.supervisor, None
-            supervisor.worker_gone(self, self.exit_description)
+        if not self.gone:
+            self.gone = True
+            self.supervisor.worker_gone(self, self.exit_description)
 
     # Raw output -------------------------------------------------------
 
@@ -208,25 +226,22 @@ class WorkerProcess(protocol.ProcessProtocol):
         while len(self._partial_line) > MAX_OUTPUT_LINE:
             lines.append(self._partial_line[:MAX_OUTPUT_LINE])
             self._partial_line = self._partial_line[MAX_OUTPUT_LINE:]
-        if self.supervisor is not None:
-            for line in lines:
-                self.supervisor.worker_output(self, line)
+        for line in lines:
+            self.supervisor.worker_output(self, line)
 
     # Signals ----------------------------------------------------------
 
     def signal(self, name: str) -> None:
-        """Send SIGname to the worker's process group (the worker itself on Windows)."""
+        """Send SIGname to the worker's process group, else to the worker alone.
+
+        Only while it runs: once it has exited its pid may belong to another.
+        """
         if self.exit_description is not None or self.pid is None:
             return
-        number = getattr(signal, "SIG" + name, None)
-        if hasattr(os, "killpg") and number is not None:
-            try:
-                os.killpg(self.pid, number)  # the worker made itself a group leader
-                return
-            except (ProcessLookupError, PermissionError):
-                pass  # not a group leader yet: signal the worker alone
+        if self.group_signaller(self.pid, name):
+            return
         try:
-            self.transport.signalProcess(name)
+            self.transport.signalProcess(name)  # not a group leader yet, or Windows
         except error.ProcessExitedAlready:
             pass
 
@@ -682,11 +697,8 @@ class ModuleSupervisor:
 
     def _kill_leftovers(self, proc: WorkerProcess) -> None:
         """Kill what is left of the worker's process group (its own children)."""
-        if hasattr(os, "killpg") and proc.pid is not None and sys.platform != "win32":
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        if proc.pid is not None:
+            self.settings.signal_group(proc.pid, "KILL")
 
     def _after_stop(self) -> None:
         pending, self._pending = self._pending, None

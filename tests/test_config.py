@@ -1,0 +1,142 @@
+"""The config reader: both entry forms, options, and skipped entries with reasons."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from modserver.config import ConfigError, ModuleSpec, parse_config, read_config
+
+
+def parse(obj, which=lambda path: path if os.path.isabs(path) else None):
+    return parse_config(json.dumps(obj), "/lab/config", which=which)
+
+
+def test_list_form():
+    config = parse(
+        {"laser": ["mymodules.laser", "Laser", None], "wm": ["vendor.wm", "make", "dispatch"]}
+    )
+    assert config.modules == (
+        ModuleSpec("laser", "mymodules.laser", "Laser", None, sys.executable),
+        ModuleSpec("wm", "vendor.wm", "make", "dispatch", sys.executable),
+    )
+    assert config.problems == ()
+
+
+def test_names_starting_with_an_underscore_are_ignored():
+    config = parse({"_comment": "anything", "_off": ["a", "B", None], "on": ["a", "B", None]})
+    assert config.names == ["on"] and config.problems == ()
+
+
+def test_object_form_with_every_option():
+    config = parse(
+        {
+            "stage": {
+                "module": "stages.newport",
+                "entry": "Stage",
+                "dispatch": None,
+                "python": "/opt/py32/python.exe",
+                "cwd": "drivers",
+                "env": {"DLL_PATH": "C:/x"},
+                "timeout": 30,
+                "queue_limit": 5,
+                "watch": ["drivers/stage.ini", "/abs/file"],
+            }
+        }
+    )
+    (spec,) = config.modules
+    assert spec.python == "/opt/py32/python.exe"
+    assert spec.cwd == "/lab/config/drivers"
+    assert spec.env == (("DLL_PATH", "C:/x"),)
+    assert spec.timeout == 30.0 and spec.queue_limit == 5
+    assert spec.watch == ("/lab/config/drivers/stage.ini", "/abs/file")
+
+
+def test_object_form_defaults():
+    (spec,) = parse({"m": {"module": "a", "entry": "B"}}).modules
+    assert spec == ModuleSpec("m", "a", "B")
+    assert spec.queue_limit == 100 and spec.timeout is None and spec.python == sys.executable
+
+
+def test_a_named_interpreter_is_found_on_path():
+    config = parse_config(
+        json.dumps({"m": {"module": "a", "entry": "B", "python": "python3.7"}}),
+        "/lab",
+        which=lambda name: "/usr/local/bin/" + name,
+    )
+    assert config.modules[0].python == "/usr/local/bin/python3.7"
+
+
+def test_a_relative_interpreter_path_is_relative_to_the_config():
+    seen = []
+    parse_config(
+        json.dumps({"m": {"module": "a", "entry": "B", "python": "venv32/python"}}),
+        "/lab",
+        which=lambda p: seen.append(p) or p,
+    )
+    assert seen == ["/lab/venv32/python"]
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        (
+            ["a", "B"],
+            "the list must have 3 entries [import path, entry, dispatch or null], found 2",
+        ),
+        (["a", "B", None, "x"], "found 4"),
+        ([5, "B", None], "the import path must be a non-empty string, not a number"),
+        (["a", "", None], "the entry point must be a non-empty string"),
+        (["a", "B", 7], "the dispatch method must be a non-empty string, not a number"),
+        ("a.B", "the value must be a list [import path, entry, dispatch or null] or an object"),
+        ({"entry": "B"}, 'the "module" option is missing'),
+        ({"module": "a", "entry": "B", "timout": 3}, 'unknown option "timout"'),
+        ({"module": "a", "entry": "B", "timeout": "3"}, '"timeout" must be a positive number'),
+        ({"module": "a", "entry": "B", "timeout": 0}, '"timeout" must be a positive number'),
+        ({"module": "a", "entry": "B", "queue_limit": -1}, '"queue_limit" must be a whole number'),
+        (
+            {"module": "a", "entry": "B", "env": {"A": 1}},
+            '"env" must be an object of string values',
+        ),
+        ({"module": "a", "entry": "B", "watch": 5}, '"watch" must be a path or a list of paths'),
+        (
+            {"module": "a", "entry": "B", "python": "nopython"},
+            'the interpreter "nopython" was not found',
+        ),
+    ],
+)
+def test_malformed_entries_are_skipped_with_a_reason_and_the_rest_load(value, reason):
+    config = parse({"good": ["a", "B", None], "bad": value})
+    assert config.names == ["good"]
+    (problem,) = config.problems
+    assert problem.startswith('config entry "bad" skipped: ') and reason in problem
+
+
+@pytest.mark.parametrize("text", ["{ not json", "[1, 2]", '"text"', ""])
+def test_unusable_config_text_raises_config_error(text):
+    with pytest.raises(ConfigError):
+        parse_config(text, "/lab")
+
+
+def test_read_config_reports_a_missing_file_in_one_line(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        read_config(str(tmp_path / "absent.config"))
+    assert str(caught.value).startswith("cannot read config file ")
+    assert "No such file or directory" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_read_config_resolves_against_the_files_directory(tmp_path):
+    path = tmp_path / "server.config"
+    path.write_text('\ufeff{"m": {"module": "a", "entry": "B", "cwd": "sub"}}', encoding="utf-8")
+    config = read_config(str(path))
+    assert config.base_dir == str(tmp_path)
+    assert config.modules[0].cwd == str(tmp_path / "sub")
+
+
+def test_equal_entries_give_equal_specs_and_changes_do_not():
+    first = parse({"m": ["a", "B", None]}).modules[0]
+    assert first == parse({"m": {"module": "a", "entry": "B"}}).modules[0]
+    assert first != parse({"m": ["a", "B", "d"]}).modules[0]

@@ -1,0 +1,292 @@
+"""ClientProtocol on a StringTransport, with a fake server and a fake clock."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+import pytest
+from twisted.internet import address, defer, task
+from twisted.internet.testing import StringTransport
+
+from modserver.errors import ReplyError
+from modserver.lifecycle import State
+from modserver.protocol import ClientProtocol
+from modserver.service import ServerSettings
+from modserver.supervisor import LoadFailed
+
+
+class FakeSupervisor:
+    def __init__(self, name, state=State.READY, load_error=None):
+        self.name = name
+        self.state = state
+        self.load_error = load_error
+        self.submitted = []
+        self.released = []
+
+    def submit(self, call):
+        self.submitted.append(call)
+
+    def release(self, sink):
+        self.released.append(sink)
+
+
+class FakeServer:
+    def __init__(self):
+        self.settings = ServerSettings()
+        self.reactor = task.Clock()
+        self.modules = {"laser": FakeSupervisor("laser"), "stage": FakeSupervisor("stage")}
+        self.reloads = []
+        self.config_error = None
+
+    def module(self, name):
+        return self.modules.get(name)
+
+    def module_names(self, prefix=""):
+        return [n for n in self.modules if n.startswith(prefix)]
+
+    def help_text(self):
+        return "Available modules: " + ", ".join(self.modules) + "\n\nhelp"
+
+    def status(self, name=None):
+        return {
+            "server": {},
+            "modules": {n: {"state": "ready"} for n in ([name] if name else self.modules)},
+        }
+
+    def reload_config(self):
+        if self.config_error:
+            raise self.config_error
+
+    def reload_module(self, name):
+        if name not in self.modules:
+            return None
+        waiting = defer.Deferred()
+        self.reloads.append((name, waiting))
+        return waiting
+
+
+class Client:
+    """A connected ClientProtocol and what it wrote."""
+
+    def __init__(self, server=None):
+        self.server = server or FakeServer()
+        self.protocol = ClientProtocol(self.server)
+        self.transport = StringTransport(peerAddress=address.IPv4Address("TCP", "10.1.2.3", 5555))
+        self.protocol.makeConnection(self.transport)
+
+    def send(self, obj, plain=True):
+        text = json.dumps(obj)
+        self.protocol.dataReceived(
+            (text if plain else urllib.parse.quote_plus(text)).encode() + b"\n"
+        )
+
+    def replies(self, plain=True):
+        lines = self.transport.value().split(b"\n")[:-1]
+        decoded = [
+            line.decode() if plain else urllib.parse.unquote_plus(line.decode()) for line in lines
+        ]
+        return [json.loads(text) for text in decoded]
+
+    @property
+    def closed(self):
+        return self.transport.disconnecting
+
+
+def test_ping_answers_the_peer_address_and_closes():
+    client = Client()
+    client.send({"name": None})
+    assert client.replies() == [{"response": ["10.1.2.3", 5555], "error": False, "traceback": ""}]
+    assert client.closed
+
+
+def test_urlencoded_hello_gets_an_urlencoded_reply():
+    client = Client()
+    client.send({"name": "_ping"}, plain=False)
+    assert client.transport.value().startswith(b"%7B%22response%22%3A+%5B%2210.1.2.3%22")
+    assert client.replies(plain=False)[0]["response"] == ["10.1.2.3", 5555]
+
+
+def test_module_hello_acks_and_keeps_the_connection():
+    client = Client()
+    client.send({"name": "laser"})
+    assert client.replies() == [{"response": "ack", "error": False, "traceback": ""}]
+    assert not client.closed
+
+
+def test_failed_module_hello_is_its_load_error():
+    server = FakeServer()
+    server.modules["laser"].state = State.FAILED
+    server.modules["laser"].load_error = ReplyError("LoadError", "laser failed to load: X", "tb\n")
+    client = Client(server)
+    client.send({"name": "laser"})
+    assert client.replies() == [
+        {"response": "LoadError: laser failed to load: X", "error": True, "traceback": "tb\n"}
+    ]
+    assert client.closed
+
+
+def test_request_becomes_a_call_on_the_module():
+    client = Client()
+    client.send({"name": "laser"})
+    client.send({"function": "move", "args": [1, 2], "keep_alive": True, "timeout": 3})
+    (call,) = client.server.modules["laser"].submitted
+    assert (call.function, call.keep_alive, call.timeout, call.client_ip) == (
+        "move",
+        True,
+        3,
+        "10.1.2.3",
+    )
+    assert json.loads(call.request)["args"] == [1, 2]
+    assert call.plain is True
+
+
+def test_request_text_is_forwarded_as_decoded_from_an_urlencoded_line():
+    client = Client()
+    client.send({"name": "laser"}, plain=False)
+    client.send({"function": "say", "args": ["a+b c%"]}, plain=False)
+    (call,) = client.server.modules["laser"].submitted
+    assert json.loads(call.request)["args"] == ["a+b c%"] and call.plain is False
+
+
+def test_lines_after_a_request_wait_for_its_reply():
+    client = Client()
+    client.send({"name": "laser"})
+    client.protocol.dataReceived(b'{"function": "a", "keep_alive": true}\n{"function": "b"}\n')
+    module = client.server.modules["laser"]
+    assert [c.function for c in module.submitted] == ["a"]
+    call = module.submitted[0]
+    call.sink.reply_started(False)
+    call.sink.reply_data(b'{"response": 1, "error": false, "traceback": ""}\n')
+    call.sink.reply_finished(True)
+    assert [c.function for c in module.submitted] == ["a", "b"]
+
+
+def test_keep_alive_idle_timeout_closes_after_one_second():
+    client = Client()
+    client.send({"name": "laser"})
+    client.send({"function": "a", "keep_alive": True})
+    call = client.server.modules["laser"].submitted[0]
+    call.sink.reply_started(False)
+    call.sink.reply_data(b"{}\n")
+    call.sink.reply_finished(True)
+    client.server.reactor.advance(0.99)
+    assert not client.closed
+    client.server.reactor.advance(0.02)
+    assert client.closed
+
+
+def test_connection_without_keep_alive_closes_after_the_reply():
+    client = Client()
+    client.send({"name": "laser"})
+    client.send({"function": "a"})
+    call = client.server.modules["laser"].submitted[0]
+    call.sink.reply_started(False)
+    call.sink.reply_data(b"{}\n")
+    assert not client.closed
+    call.sink.reply_finished(True)
+    assert client.closed
+
+
+def test_error_reply_closes_even_with_keep_alive():
+    client = Client()
+    client.send({"name": "laser"})
+    client.send({"function": "a", "keep_alive": True})
+    call = client.server.modules["laser"].submitted[0]
+    call.sink.reply_started(True)
+    call.sink.reply_data(b"{}\n")
+    call.sink.reply_finished(True)
+    assert client.closed
+
+
+def test_connection_lost_releases_the_module():
+    client = Client()
+    client.send({"name": "laser"})
+    client.protocol.connectionLost(None)
+    assert client.server.modules["laser"].released == [client.protocol]
+
+
+def test_idle_connection_before_hello_is_closed():
+    client = Client()
+    client.server.reactor.advance(client.server.settings.idle_timeout)
+    assert client.closed
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("_get_modules", ["laser", "stage"]), ("_get_modules.st", ["stage"])],
+)
+def test_get_modules(name, expected):
+    client = Client()
+    client.send({"name": name})
+    assert client.replies()[0]["response"] == expected
+
+
+def test_reload_config_error_is_an_error_reply():
+    server = FakeServer()
+    server.config_error = ReplyError("ConfigError", "server.config is not valid JSON: x")
+    client = Client(server)
+    client.send({"name": "_reload_"})
+    reply = client.replies()[0]
+    assert (
+        reply["error"] is True
+        and reply["response"] == "ConfigError: server.config is not valid JSON: x"
+    )
+
+
+def test_reload_module_answers_once_the_worker_is_ready():
+    client = Client()
+    client.send({"name": "_reload_laser"})
+    assert client.transport.value() == b""
+    name, waiting = client.server.reloads[0]
+    waiting.callback(None)
+    assert client.replies()[0]["response"] == 'Reloaded "laser"'
+
+
+def test_reload_module_that_fails_to_load_is_an_error_reply():
+    client = Client()
+    client.send({"name": "_reload_laser"})
+    _, waiting = client.server.reloads[0]
+    waiting.errback(
+        LoadFailed(ReplyError("LoadError", "laser failed to load: SyntaxError", "tb\n"))
+    )
+    reply = client.replies()[0]
+    assert reply["error"] is True and reply["response"].startswith("LoadError: laser failed")
+
+
+def test_reload_name_is_url_decoded():
+    client = Client()
+    client.server.modules["my laser"] = FakeSupervisor("my laser")
+    client.send({"name": "_reload_my+laser"})
+    assert client.server.reloads[0][0] == "my laser"
+
+
+def test_line_too_long_is_an_error_then_close():
+    server = FakeServer()
+    server.settings.max_request = 100
+    client = Client(server)
+    client.protocol.dataReceived(b'{"name": "' + b"x" * 200)
+    reply = client.replies()[0]
+    assert reply["error"] is True and reply["response"].startswith("LineTooLong")
+    assert client.closed
+
+
+def test_half_close_serves_the_last_line_without_newline():
+    client = Client()
+    client.protocol.dataReceived(b'{"name": "_ping"}')
+    assert client.transport.value() == b""
+    client.protocol.readConnectionLost()
+    assert client.replies()[0]["response"] == ["10.1.2.3", 5555]
+
+
+def test_half_close_while_a_call_runs_closes_after_its_reply():
+    client = Client()
+    client.send({"name": "laser"})
+    client.send({"function": "a", "keep_alive": True})
+    client.protocol.readConnectionLost()
+    assert not client.closed
+    call = client.server.modules["laser"].submitted[0]
+    call.sink.reply_started(False)
+    call.sink.reply_data(b"{}\n")
+    call.sink.reply_finished(True)
+    assert client.closed
