@@ -16,7 +16,6 @@ from zope.interface import implementer
 
 from modserver import wire
 from modserver.errors import ReplyError, bad_request
-from modserver.lifecycle import State
 from modserver.lines import ChunkedLineReceiver
 from modserver.supervisor import Call, CallSink, LoadFailed
 
@@ -32,8 +31,11 @@ STATUS = "_status"
 class ClientProtocol(ChunkedLineReceiver, CallSink):
     """One client connection: a hello, then requests to one module.
 
-    Half-closing clients (``printf ... | nc host port``) are answered: what
-    they sent before closing their side is served, then the connection closes.
+    A client that closes its sending side has left, unless it speaks plain
+    JSON: people at a terminal (``printf ... | nc host port``) close their
+    side at once and wait for the answer, so they get it; a program that
+    gave up (MATLAB after its 2 s timeout) has its waiting request dropped
+    instead of run for nobody.
     """
 
     log = Logger()
@@ -49,6 +51,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._closing = False
         self._waiting = False  # for a module's reply or a reload
         self._eof = False  # the client closed its sending side
+        self._plain = True  # the mode of the last line received
 
     # Connection ---------------------------------------------------------
 
@@ -69,7 +72,10 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             self._supervisor.release(self)
 
     def readConnectionLost(self) -> None:
-        """The client will send no more: serve what it sent, then close."""
+        """The client will send no more: serve a plain-JSON client, else let go."""
+        if not self._plain:
+            self._close()
+            return
         self._eof = True
         if self.unfinished_line():
             self.dataReceived(self.delimiter)  # a last line without its newline
@@ -85,7 +91,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             line = line[:-1]
         if not line or line.isspace():
             return
-        plain = wire.is_plain(line)
+        plain = self._plain = wire.is_plain(line)
         try:
             text = line if plain else wire.unquote_plus(line)
             message = json.loads(text)
@@ -173,8 +179,9 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         if supervisor is None:
             self._fail(bad_request(f"{name} does not exist (case matters)"), plain)
             return
-        if supervisor.state is State.FAILED and supervisor.load_error is not None:
-            self._fail(supervisor.load_error, plain)
+        refusal = supervisor.hello_error()
+        if refusal is not None:
+            self._fail(refusal, plain)
             return
         self._supervisor = supervisor
         self.transport.write(wire.encode_reply("ack", plain=plain))
@@ -255,6 +262,8 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         if not self._closing:
             self._closing = True
             self.transport.loseConnection()
+            if self._supervisor is not None:
+                self._supervisor.release(self)
 
     def _await_input(self, seconds: float) -> None:
         """Wait up to ``seconds`` for the client's next line."""

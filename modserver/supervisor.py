@@ -357,11 +357,14 @@ class ModuleSupervisor:
         if self._pending == "stop" or self.state is State.STOPPED:
             call.fail(self._stop_reason or ReplyError("NotRunning", f"{self.name} is not running"))
             return
-        if self.state is State.FAILED and self._pending is None:
-            call.fail(self.load_error)
+        refusal = self.hello_error()
+        if refusal is not None:
+            call.fail(refusal)
             return
         if call.sink is self._holder:
             self._queue.appendleft(call)
+        elif self._can_run_now(call):
+            self._queue.append(call)
         elif len(self._queue) >= self.spec.queue_limit:
             call.fail(
                 ReplyError(
@@ -374,6 +377,21 @@ class ModuleSupervisor:
         else:
             self._queue.append(call)
         self._advance()
+
+    def _can_run_now(self, call: Call) -> bool:
+        """True when ``call`` would go to the worker at once (it never waits)."""
+        return (
+            self.state is State.READY
+            and self._pending is None
+            and not self._queue
+            and self._holder in (None, call.sink)
+        )
+
+    def hello_error(self) -> ReplyError | None:
+        """Why a client cannot use the module now, or None to acknowledge it."""
+        if self.state in (State.FAILED, State.BACKOFF) and self._pending is None:
+            return self.load_error
+        return None
 
     def release(self, sink: CallSink) -> None:
         """The client ``sink`` is gone: drop its waiting calls and its hold."""
@@ -716,20 +734,26 @@ class ModuleSupervisor:
     def _died(self, description: str, uptime: float) -> None:
         self.restarts += 1
         delay = self._backoff.next_delay(uptime)
+        when = "now" if delay == 0 else f"in {delay:g} s"
         self.log.error(
             "{module}: worker died unexpectedly ({how}); restarting {when}",
             module=self.name,
             how=description,
-            when="now" if delay == 0 else f"in {delay:g} s",
+            when=when,
         )
-        if self._ready_waiters and self.state is State.STARTING:
-            self._fail_ready_waiters(
-                ReplyError(
-                    "WorkerDied",
-                    f"{self.name}: the worker died while loading ({description})",
-                    self._tail_text(),
-                )
+        if self.state is State.STARTING:
+            # It cannot even load: answer everyone now rather than keep them
+            # waiting through the backoff; it keeps being retried meanwhile.
+            err = ReplyError(
+                "WorkerDied",
+                f"the worker of {self.name} died while loading ({description}); retrying {when}",
+                self._tail_text(),
             )
+            self.load_error = err
+            queued, self._queue = list(self._queue), collections.deque()
+            for call in queued:
+                call.fail(err)
+            self._fail_ready_waiters(err)
         self._set_state(State.BACKOFF)
         if delay == 0:
             self._spawn()

@@ -159,8 +159,13 @@ def _library_dirs() -> list[str]:
         dirs.add(site.getusersitepackages())
     except AttributeError:
         pass  # an old virtualenv's site module
-    dirs.add(_HERE)
     return [os.path.normcase(os.path.abspath(d)) + os.sep for d in dirs]
+
+
+# The worker's own files: never the user's, wherever the package lives.
+_OWN_FILES = {
+    os.path.normcase(os.path.join(_HERE, name + ".py")) for name in ("worker", "wire", "channel")
+}
 
 
 def _source_file(path):
@@ -185,7 +190,9 @@ def user_files(paths) -> list[str]:
     found = set()
     for path in paths:
         path = _source_file(path)
-        if path and not os.path.normcase(path).startswith(tuple(libraries)):
+        if not path or os.path.normcase(path) in _OWN_FILES:
+            continue
+        if not os.path.normcase(path).startswith(tuple(libraries)):
             found.add(path)
     return sorted(found)
 
@@ -205,14 +212,27 @@ def _module_origin(import_path: str):
     return spec.origin if spec is not None else None
 
 
+def _machinery(filename: str) -> bool:
+    """Frames of the worker and of the import system, not of the module."""
+    return (
+        filename == __file__
+        or filename.startswith("<frozen importlib")
+        or os.path.normcase(os.path.dirname(filename)) == _IMPORTLIB_DIR
+    )
+
+
+_IMPORTLIB_DIR = os.path.normcase(os.path.dirname(importlib.__file__))
+
+
 def module_traceback(exc: BaseException) -> str:
     """The traceback of ``exc`` from the module's first frame on.
 
-    The worker's own frames say nothing to the person reading the error; an
-    error raised by the worker itself keeps just its type and message.
+    The worker's and the import system's frames say nothing to the person
+    reading the error; an error raised by the worker itself keeps just its
+    type and message.
     """
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+    while tb is not None and _machinery(tb.tb_frame.f_code.co_filename):
         tb = tb.tb_next
     if tb is None:
         return "".join(traceback.format_exception_only(type(exc), exc))
@@ -279,7 +299,7 @@ class Worker:
                 channel.LOAD_FAILED,
                 {
                     "reason": wire.exception_reason(exc),
-                    "traceback": traceback.format_exc(),
+                    "traceback": module_traceback(exc),
                     "files": user_files(files),
                 },
             )
@@ -301,14 +321,18 @@ class Worker:
 
     def serve(self) -> int:
         """Serve frames until told to stop or the channel closes; the exit code."""
-        while True:
-            frame = self.chan.inbox.get()
-            if frame is None or frame[0] == channel.STOP:
-                self.close()
-                return EXIT_STOPPED
-            kind, flags, request_id, payload = frame
-            if kind == channel.CALL:
-                self.call(flags, request_id, payload)
+        try:
+            while not _terminating.is_set():
+                frame = self.chan.inbox.get()
+                if frame is None or frame[0] == channel.STOP:
+                    break
+                kind, flags, request_id, payload = frame
+                if kind == channel.CALL:
+                    self.call(flags, request_id, payload)
+        except SystemExit:
+            pass  # SIGTERM while idle
+        self.close()
+        return EXIT_STOPPED
 
     def call(self, flags: int, request_id: int, payload: bytes) -> None:
         """Run one request and send its reply, whatever happens."""
@@ -388,6 +412,20 @@ class Worker:
             logging.getLogger(__name__).exception("%s: __exit__ failed", self.name)
 
 
+_terminating = threading.Event()
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM (our stop escalation, or a service manager): leave tidily.
+
+    Raised in the main thread: an idle worker stops waiting and calls the
+    instance's ``__exit__``; a call in progress ends with an error reply,
+    then the worker leaves the same way.
+    """
+    _terminating.set()
+    raise SystemExit(EXIT_STOPPED)
+
+
 def _leave_if_orphaned(chan: Channel) -> None:
     """Thread body: once the server is gone, exit even if a call is stuck."""
     chan.closed.wait()
@@ -402,6 +440,7 @@ def _set_up_process() -> None:
         except OSError:
             pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the server
+    signal.signal(signal.SIGTERM, _on_sigterm)
     faulthandler.enable()  # a crash in C code leaves a Python traceback in the log
 
 

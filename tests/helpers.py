@@ -189,12 +189,12 @@ class ServerProcess:
         return self.status(module)["modules"][module]
 
     def wait_settled(self, timeout: float = 20.0) -> dict:
-        """Wait until no module is starting, stopping or backing off."""
+        """Wait until no module is starting or stopping."""
 
         def settled():
             status = self.status()
             states = {m["state"] for m in status["modules"].values()}
-            return status if states <= {"ready", "failed", "busy"} else None
+            return status if states <= {"ready", "failed", "busy", "backoff"} else None
 
         return wait_for(settled, timeout, what="every module to be ready or failed")
 

@@ -27,6 +27,7 @@ CONFIG = {
     "badinit": ["bad_init", "BadInit", None],
     "loud": ["loud_import", "Loud", None],
     "small queue": {"module": "basic", "entry": "Basic", "queue_limit": 1},
+    "crasher": ["dies_loading", "Never", None],
     "bad_entry": ["only", "two"],
     "_disabled": ["basic", "Basic", None],
 }
@@ -40,6 +41,7 @@ NAMES = [
     "badinit",
     "loud",
     "small queue",
+    "crasher",
 ]
 
 encodings = pytest.mark.parametrize("plain", [False, True], ids=["urlencoded", "plain"])
@@ -254,6 +256,22 @@ def test_module_that_fails_to_import_answers_hello_with_its_traceback(port, plai
     assert reply["error"] is True
     assert reply["response"].startswith("LoadError: broken failed to load: ModuleNotFoundError")
     assert "import this_package_does_not_exist" in reply["traceback"]
+
+
+def test_load_failure_traceback_starts_at_the_users_code(port):
+    reply = hello(port, "broken", True)
+    assert reply["traceback"].splitlines()[1].strip().startswith('File "')
+    assert "importlib" not in reply["traceback"] and "worker.py" not in reply["traceback"]
+
+
+def test_module_that_dies_while_loading_is_refused_at_once_not_left_hanging(server):
+    server.wait_state("crasher", "backoff")
+    started = time.monotonic()
+    reply = hello(server.port, "crasher", True)
+    assert time.monotonic() - started < 2
+    assert reply["error"] is True
+    assert reply["response"].startswith("WorkerDied: the worker of crasher died while loading")
+    assert "the vendor library crashed" in reply["traceback"]
 
 
 def test_module_whose_constructor_raises_answers_hello_with_its_traceback(port):
@@ -479,6 +497,29 @@ def test_requests_for_one_module_run_one_at_a_time_in_arrival_order(server):
     assert counts[-1] - counts[0] == 3
     for conn in [blocker, *clients]:
         conn.close()
+
+
+def test_a_program_that_gives_up_and_closes_has_its_waiting_request_dropped(server):
+    """MATLAB's hwserver times out after 2 s and closes; the request must not run later."""
+    port = server.port
+    blocker = Connection(port)
+    blocker.send({"name": "basic2"})
+    response(blocker.reply())
+    blocker.send({"function": "sleep", "args": [0.5]})
+    server.wait_state("basic2", "busy")
+    before = server.module_status("basic2")["calls_served"]
+    quitter = Connection(port)
+    quitter.send({"name": "basic2"})
+    response(quitter.reply())
+    quitter.send({"function": "counter"})
+    wait_for(lambda: server.module_status("basic2")["queue"] == 1, what="the request to queue")
+    quitter.sock.shutdown(1)
+    wait_for(lambda: server.module_status("basic2")["queue"] == 0, what="the request to be dropped")
+    assert response(blocker.reply()) == 0.5
+    server.wait_state("basic2", "ready")
+    assert server.module_status("basic2")["calls_served"] == before + 1
+    quitter.close()
+    blocker.close()
 
 
 def test_different_modules_run_in_parallel_and_one_module_serially(port):

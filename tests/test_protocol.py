@@ -27,6 +27,9 @@ class FakeSupervisor:
     def submit(self, call):
         self.submitted.append(call)
 
+    def hello_error(self):
+        return self.load_error if self.state is State.FAILED else None
+
     def release(self, sink):
         self.released.append(sink)
 
@@ -277,6 +280,16 @@ def test_half_close_serves_the_last_line_without_newline():
     assert client.transport.value() == b""
     client.protocol.readConnectionLost()
     assert client.replies()[0]["response"] == ["10.1.2.3", 5555]
+
+
+def test_an_urlencoded_client_that_closes_has_left_and_its_request_is_dropped():
+    """MATLAB gives up after 2 s and closes: its waiting request must not run later."""
+    client = Client()
+    client.send({"name": "laser"}, plain=False)
+    client.send({"function": "move"}, plain=False)
+    module = client.server.modules["laser"]
+    client.protocol.readConnectionLost()
+    assert client.closed and module.released == [client.protocol]
 
 
 def test_half_close_while_a_call_runs_closes_after_its_reply():

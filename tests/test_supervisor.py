@@ -92,6 +92,15 @@ def test_a_full_queue_answers_busy_at_once():
     assert reply["error"] is True and reply["response"].startswith("Busy: laser already has 2")
 
 
+def test_queue_limit_zero_serves_an_idle_module_and_refuses_waiting():
+    supervisor, reactor, _ = ready_supervisor(queue_limit=0)
+    first, second = make_call(), make_call()
+    supervisor.submit(first)
+    supervisor.submit(second)
+    assert len(reactor.last.calls()) == 1
+    assert second.sink.reply()["response"].startswith("Busy: ")
+
+
 def test_keep_alive_session_holds_the_module_until_released():
     supervisor, reactor, _ = ready_supervisor()
     holder = RecordingSink()
@@ -220,6 +229,29 @@ def test_first_death_respawns_at_once_and_waiting_calls_go_to_the_new_worker():
     ((request_id, _, request),) = reactor.last.calls()
     assert request["function"] == "waits"
     assert supervisor.restarts == 1 and supervisor.last_exit == "exit code 1"
+
+
+def test_death_while_loading_answers_waiting_calls_and_hellos_while_retrying(setup):
+    supervisor, reactor, _ = setup
+    supervisor.start()
+    waiting = make_call()
+    supervisor.submit(waiting)
+    reactor.last.protocol.childDataReceived(2, b"bash: python3.7: command not found\n")
+    reactor.last.exits(code=127)
+    reply = waiting.sink.reply()
+    assert reply["response"].startswith("WorkerDied: the worker of laser died while loading (exit")
+    assert "command not found" in reply["traceback"]
+    assert len(reactor.spawned) == 2  # the first retry is immediate
+    assert supervisor.hello_error() is None  # while it loads again, clients may wait
+    reactor.last.exits(code=127)
+    assert supervisor.state is State.BACKOFF
+    assert supervisor.hello_error().kind == "WorkerDied"
+    later = make_call()
+    supervisor.submit(later)
+    assert later.sink.reply()["error"] is True
+    reactor.advance(1)
+    reactor.last.ready()
+    assert supervisor.hello_error() is None and supervisor.state is State.READY
 
 
 def test_repeated_deaths_back_off_doubling_up_to_the_cap():
