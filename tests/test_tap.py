@@ -1,0 +1,92 @@
+"""Command-line options of ``twistd modserver`` and the service they build."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.python import usage
+
+from modserver import tap
+from tests.fakes import FakeReactor
+
+
+def options(*argv):
+    parsed = tap.Options()
+    parsed.parseOptions(list(argv))
+    return parsed
+
+
+def test_default_listens_where_the_original_did():
+    assert options()["listen"] == ["tcp:36577:interface=127.0.0.1"]
+
+
+def test_listen_is_repeatable():
+    parsed = options("--listen", "tcp:1234", "-l", "tcp:5678:interface=0.0.0.0")
+    assert parsed["listen"] == ["tcp:1234", "tcp:5678:interface=0.0.0.0"]
+
+
+def test_port_and_interface_shortcuts_match_server_port_and_server_ip():
+    assert options("--port", "4000")["listen"] == ["tcp:4000:interface=127.0.0.1"]
+    assert options("-i", "0.0.0.0")["listen"] == ["tcp:36577:interface=0.0.0.0"]
+    assert options("-p", "4000", "-i", "localhost")["listen"] == ["tcp:4000:interface=127.0.0.1"]
+    assert options("-p", "4000", "-i", "::1")["listen"] == ["tcp:4000:interface=\\:\\:1"]
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("2048", 2048),
+        ("64M", 64 * 1024**2),
+        ("1g", 1024**3),
+        ("16MB", 16 * 1024**2),
+        ("1.5K", 1536),
+    ],
+)
+def test_sizes_take_suffixes(text, value):
+    assert options("--max-request", text)["max-request"] == value
+
+
+def test_defaults_carry_lab_sized_messages():
+    parsed = options()
+    assert parsed["max-request"] >= 16 * 1024**2
+    assert parsed["max-reply"] >= 100 * 1024**2
+    assert parsed["keepalive-timeout"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "argv", [["--log-level", "loud"], ["--keepalive-timeout", "0"], ["--max-reply", "-5"]]
+)
+def test_bad_option_values_are_usage_errors(argv):
+    with pytest.raises(usage.UsageError):
+        options(*argv)
+
+
+def test_config_lookup_prefers_the_option_then_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert tap.config_location(None) == (tap.DEMO_CONFIG, True)
+    (tmp_path / "server.config").write_text("{}")
+    assert tap.config_location(None) == (str(tmp_path / "server.config"), False)
+    assert tap.config_location("other.config") == ("other.config", False)
+
+
+def test_make_service_from_options(tmp_path):
+    config = tmp_path / "lab.config"
+    config.write_text('{"laser": ["laser", "Laser", null]}')
+    service = tap.makeService(options("--config", str(config), "--max-reply", "2M"), FakeReactor())
+    assert service.config.names == ["laser"]
+    assert service.settings.workers.max_reply == 2 * 1024**2
+    assert service.settings.workers.import_paths[0] == str(tmp_path)
+
+
+def test_unreadable_config_exits_with_one_line(tmp_path):
+    with pytest.raises(SystemExit) as caught:
+        tap.makeService(options("--config", str(tmp_path)), FakeReactor())
+    message = str(caught.value)
+    assert message.startswith("modserver: cannot read config file ") and "\n" not in message
+
+
+def test_bad_endpoint_exits_with_one_line(tmp_path):
+    config = tmp_path / "lab.config"
+    config.write_text("{}")
+    with pytest.raises(SystemExit) as caught:
+        tap.makeService(options("--config", str(config), "--listen", "tcp:notaport"), FakeReactor())
+    assert str(caught.value).startswith("modserver: bad --listen endpoint 'tcp:notaport'")
