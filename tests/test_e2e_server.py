@@ -351,6 +351,21 @@ def test_workers_exit_when_the_server_is_killed(tmp_path):
     )
 
 
+def test_a_worker_sent_sigterm_directly_still_calls_exit(tmp_path):
+    """Service managers (systemd's default KillMode) signal every process at once."""
+    (tmp_path / "tidy.py").write_text(
+        "import os\n"
+        "class Tidy:\n"
+        "    def __exit__(self, *exc):\n"
+        "        open(os.environ['TIDY_MARK'], 'a').write('exit called\\n')\n"
+    )
+    mark = tmp_path / "mark.txt"
+    config = {"one": {"module": "tidy", "entry": "Tidy", "env": {"TIDY_MARK": str(mark)}}}
+    with ServerProcess(tmp_path, config).start() as srv:
+        os.kill(srv.module_status("one")["pid"], signal.SIGTERM)
+        wait_for(lambda: mark.exists() and "exit called" in mark.read_text(), what="__exit__")
+
+
 def test_sigterm_stops_every_worker_after_its_exit_hook(tmp_path):
     (tmp_path / "tidy.py").write_text(
         "import os\n"
@@ -370,3 +385,42 @@ def test_sigterm_stops_every_worker_after_its_exit_hook(tmp_path):
     assert srv.stop(signal.SIGTERM, timeout=10) in (0, -signal.SIGTERM)  # twistd re-raises it
     assert mark.read_text().count("exit called") == 2
     assert not any(pid_alive(pid) for pid in pids)
+
+
+# The example project ---------------------------------------------------------------
+
+
+def test_the_example_project_runs_as_is(tmp_path):
+    """examples/: the original README's project, served from the repository as it is."""
+    examples = ROOT / "examples"
+    log = tmp_path / "server.log"
+    process = subprocess.Popen(
+        [
+            *twistd_command(),
+            "-n",
+            "--pidfile=",
+            "modserver",
+            "--config",
+            str(examples / "server.config"),
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+        ],
+        cwd=tmp_path,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    srv = ServerProcess.__new__(ServerProcess)
+    srv.process, srv.log_path, srv._log = process, log, open(os.devnull, "wb")
+    try:
+        srv.port = int(wait_for(srv._listening, what="the example server").group(1))
+        assert response(hello(srv.port, "_get_modules")) == ["moduleA", "moduleB"]
+        # moduleA takes 3 s to start: the call waits for it rather than failing
+        reply = call(srv.port, "moduleA", "anything", "ay", 1, False, None)
+        assert response(reply) == "You successfully called the dispatching method!"
+        assert response(call(srv.port, "moduleB", "fun1", 1)) == "No dispatching method necessary."
+        wait_for(
+            lambda: "127.0.0.1 asked for anything('ay', 1, False, None)" in srv.log(),
+            what="moduleA's log line",
+        )
+    finally:
+        srv.stop()

@@ -1,0 +1,1 @@
+"""Example modules for modserver (the example project of ModuleServer's README)."""
