@@ -189,6 +189,44 @@ def bench_bulk(port: int, size: int, repeat: int) -> dict:
     return result
 
 
+def bench_line_receiver(size: int = 16 * 1024 * 1024, piece: int = 65536) -> dict:
+    """A long request line arriving in socket-sized pieces: ours against LineReceiver."""
+    from twisted.internet.testing import StringTransport
+    from twisted.protocols.basic import LineReceiver
+
+    from modserver.lines import ChunkedLineReceiver
+
+    class Ours(ChunkedLineReceiver):
+        MAX_LENGTH = size * 2
+
+        def lineReceived(self, line):
+            self.got = len(line)
+
+    class Twisteds(LineReceiver):
+        delimiter = b"\n"
+        MAX_LENGTH = size * 2
+
+        def lineReceived(self, line):
+            self.got = len(line)
+
+    data = b"y" * size + b"\n"
+    pieces = [data[i : i + piece] for i in range(0, len(data), piece)]
+    result = {}
+    for name, cls in (("chunked", Ours), ("LineReceiver", Twisteds)):
+        samples = []
+        for _ in range(3):
+            receiver = cls()
+            receiver.makeConnection(StringTransport())
+            started = time.perf_counter()
+            for p in pieces:
+                receiver.dataReceived(p)
+            samples.append(time.perf_counter() - started)
+            assert receiver.got == size
+        result[name] = size / statistics.median(samples) / 1e6
+    result["ratio"] = result["chunked"] / result["LineReceiver"]
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -200,6 +238,7 @@ def main() -> None:
         results["reply_10MB"] = bench_bulk(server.port, 10_000_000, 9)
     finally:
         server.stop()
+    results["request_line_16MB"] = bench_line_receiver()
     results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     if args.json:
         print(json.dumps(results, indent=2))
@@ -215,6 +254,11 @@ def main() -> None:
     print(
         f"{'reply_10MB':<24}{r['mb_per_s']:>9.0f}MB/s  (range {low:.0f}-{high:.0f} MB/s"
         f" over {r['n']} runs)"
+    )
+    r = results["request_line_16MB"]
+    print(
+        f"{'request_line_16MB':<24}{r['chunked']:>9.0f}MB/s  (Twisted's LineReceiver "
+        f"{r['LineReceiver']:.0f} MB/s: x{r['ratio']:.1f})"
     )
 
 

@@ -84,8 +84,9 @@ class ChunkedLineReceiver(LineReceiver):
         while True:
             end = chunk.find(self.delimiter, start)
             if end < 0:
-                self._partial.append(chunk[start:] if start else chunk)
-                self._partial_size += len(chunk) - start
+                if start < len(chunk):
+                    self._partial.append(chunk[start:] if start else chunk)
+                    self._partial_size += len(chunk) - start
                 if self._partial_size > self.MAX_LENGTH:
                     self._too_long()
                 return b""

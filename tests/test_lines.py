@@ -50,6 +50,17 @@ def test_a_long_line_in_many_pieces_is_joined_once():
     assert receiver.lines == [b"x" * 990 + b"yy"]
 
 
+def test_pieces_of_a_long_line_are_kept_apart_until_it_ends():
+    """Linear, not quadratic: pieces are listed and joined once (LineReceiver uses +=)."""
+    receiver = connected()
+    pieces = [bytes([65 + i % 26]) * 10 for i in range(90)]
+    for piece in pieces:
+        receiver.dataReceived(piece)
+    assert receiver._partial == pieces
+    receiver.dataReceived(b"\n")
+    assert receiver.lines == [b"".join(pieces)] and receiver._partial == []
+
+
 def test_held_lines_wait_and_come_out_in_order():
     receiver = connected()
     receiver.hold_lines()

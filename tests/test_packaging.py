@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import venv
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import call, hello, response, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,6 +56,32 @@ def test_twistd_finds_the_plugin_after_install(fresh_venv, tmp_path, editable):
         check=True,
     )
     assert not _lists_modserver(_twistd_help_from(fresh_venv, tmp_path))
+
+
+def test_a_fresh_install_serves_the_demo(fresh_venv, tmp_path):
+    """The README's first command: install, then ``twistd -n modserver`` answers."""
+    _pip(fresh_venv, str(ROOT))
+    log = tmp_path / "server.log"
+    twistd = [str(fresh_venv / "twistd"), "-n", "--pidfile=", "modserver"]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [*twistd, "--listen", "tcp:0:interface=127.0.0.1"],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        match = wait_for(
+            lambda: re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text()),
+            what="the demo server",
+        )
+        port = int(match.group(1))
+        assert response(hello(port, "_get_modules")) == ["echo", "laser", "wavemeter"]
+        wait_for(lambda: not call(port, "echo", "add", 1, 2)["error"], what="echo to load")
+        assert "serving the bundled demo modules" in log.read_text()
+    finally:
+        process.terminate()
+        process.wait(20)
 
 
 def test_plugin_is_found_by_this_environment(tmp_path):
