@@ -14,12 +14,15 @@ skipped with a reason naming it and the problem; the other entries load.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+
+from modserver.watcher import content_digest
 
 DEFAULT_QUEUE_LIMIT = 100
 
@@ -68,6 +71,7 @@ class Config:
     problems: tuple[str, ...] = ()
     path: str | None = None
     base_dir: str = field(default_factory=os.getcwd)
+    digest: bytes | None = None  # of the file's bytes, to watch it from what was read
 
     @property
     def names(self) -> list[str]:
@@ -93,7 +97,8 @@ def read_config(path: str, python: str = sys.executable, which=shutil.which) -> 
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not UTF-8 text: {exc}") from None
     base_dir = os.path.dirname(os.path.abspath(path))
-    return parse_config(text, base_dir, path=path, python=python, which=which)
+    config = parse_config(text, base_dir, path=path, python=python, which=which)
+    return dataclasses.replace(config, digest=content_digest(data))
 
 
 def parse_config(

@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass, field
 
 from twisted.application import service, strports
-from twisted.internet import defer, error
+from twisted.internet import defer, error, task
 from twisted.logger import Logger
 
 import modserver
@@ -15,6 +15,7 @@ from modserver.config import Config, ConfigError, read_config
 from modserver.errors import ReplyError
 from modserver.protocol import ClientFactory
 from modserver.supervisor import ModuleSupervisor, WorkerSettings
+from modserver.watcher import FileWatch
 
 HELP_TEXT = """\
 modserver speaks one JSON message per line, each urlencoded (quote_plus) or,
@@ -48,6 +49,7 @@ class ServerSettings:
     max_request: int = 64 * 1024 * 1024
     keepalive_timeout: float = 1.0
     idle_timeout: float = 60.0
+    poll_interval: float = 0.5  # seconds between looks at the config and module files
     workers: WorkerSettings = field(default_factory=WorkerSettings)
 
 
@@ -65,8 +67,14 @@ class ModServer(service.MultiService):
         self.reactor = reactor
         self.demo = demo
         self.supervisors: dict[str, ModuleSupervisor] = {}
-        self._retiring: set[ModuleSupervisor] = set()
+        # Removed modules whose workers are still stopping, by name: a module
+        # added back waits for them, never two workers on one instrument.
+        self._retiring: dict[str, list[defer.Deferred]] = {}
         self._started_at: float | None = None
+        self._watch = FileWatch()
+        self._poller = task.LoopingCall(self._poll)
+        self._poller.clock = reactor
+        self._config_missing = False
         self.factory = ClientFactory(self)
         # Not child services: they must listen before anything else starts,
         # and exactly once under both twistd and twist (see _listen).
@@ -101,15 +109,21 @@ class ModServer(service.MultiService):
             path=self.config.path,
             listen=", ".join(self.settings.listen),
         )
+        if self.config.path is not None:
+            self._watch.track(self.config.path, self.config.digest)
         self._apply(self.config)
+        self._poller.start(self.settings.poll_interval, now=False)
 
     def stopService(self) -> defer.Deferred:
         """Stop listening, then stop every worker (each gets its ``__exit__``)."""
+        if self._poller.running:
+            self._poller.stop()
         listening = [defer.maybeDeferred(listener.stopService) for _, listener in self._listeners]
         children = super().stopService()
         reason = ReplyError("ServerStopping", "the server is shutting down")
-        stopping = [s.stop(reason) for s in [*self.supervisors.values(), *self._retiring]]
-        return defer.gatherResults([*listening, children, *stopping], consumeErrors=True)
+        stopping = [s.stop(reason) for s in self.supervisors.values()]
+        retiring = [d for waits in self._retiring.values() for d in waits]
+        return defer.gatherResults([*listening, children, *stopping, *retiring], consumeErrors=True)
 
     def _listen(self) -> None:
         for description, listener in self._listeners:
@@ -184,6 +198,50 @@ class ModServer(service.MultiService):
         self.log.info("{module}: restart requested by a client", module=name)
         return supervisor.restart(when_idle=False)
 
+    # Watching files ---------------------------------------------------------
+
+    def _poll(self) -> None:
+        """One look at the config file and every module's files."""
+        try:
+            wanted = self._watched_files()
+            for path in self._watch.paths - set(wanted) - {self.config.path}:
+                self._watch.forget(path)
+            for path, loaded in wanted.items():
+                self._watch.track(path, loaded)
+            changed = set(self._watch.poll())
+            self._check_config_file(changed)
+            for supervisor in list(self.supervisors.values()):
+                hits = changed & set(supervisor.files).union(supervisor.spec.watch)
+                if hits:
+                    supervisor.files_changed(sorted(hits))
+        except Exception:
+            # A LoopingCall stops for good at the first exception.
+            self.log.failure("Looking for changed files failed")
+
+    def _watched_files(self) -> dict[str, bytes | None]:
+        wanted: dict[str, bytes | None] = {}
+        for supervisor in self.supervisors.values():
+            wanted.update(supervisor.files)
+            wanted.update(dict.fromkeys(supervisor.spec.watch))
+        return wanted
+
+    def _check_config_file(self, changed: set[str]) -> None:
+        path = self.config.path
+        if path is None:
+            return
+        missing = not os.path.exists(path)
+        if missing and not self._config_missing:
+            self.log.warn(
+                "Config file {path} is missing; the running modules are unchanged", path=path
+            )
+        self._config_missing = missing
+        if path in changed:
+            self.log.info("Config file {path} changed; applying it", path=path)
+            try:
+                self.reload_config()
+            except ReplyError:
+                pass  # reload_config logged why; the next change is looked at again
+
     # Config changes ------------------------------------------------------------
 
     def _apply(self, config: Config) -> None:
@@ -192,10 +250,12 @@ class ModServer(service.MultiService):
             self.log.warn("{problem}", problem=problem)
         old, new = self.supervisors, {}
         for spec in config.modules:
+            for path in spec.watch:
+                self._watch.track(path)  # from now: the worker about to start sees this
             supervisor = old.get(spec.name)
             if supervisor is None:
                 supervisor = ModuleSupervisor(spec, self.settings.workers, self.reactor)
-                supervisor.start()
+                self._start_after_retired(supervisor)
             elif supervisor.spec != spec:
                 self.log.info(
                     "{module}: config entry changed; restarting once idle", module=spec.name
@@ -208,7 +268,34 @@ class ModServer(service.MultiService):
                 self.log.info("{module}: removed from the config; stopping", module=name)
                 self._retire(supervisor)
 
+    def _start_after_retired(self, supervisor: ModuleSupervisor) -> None:
+        retiring = self._retiring.get(supervisor.name)
+        if not retiring:
+            supervisor.start()
+            return
+        self.log.info(
+            "{module}: waiting for its previous worker to stop before starting",
+            module=supervisor.name,
+        )
+        gone = defer.DeferredList(list(retiring), consumeErrors=True)
+        gone.addCallback(lambda _: self._start_if_current(supervisor))
+
+    def _start_if_current(self, supervisor: ModuleSupervisor) -> None:
+        if self.running and self.supervisors.get(supervisor.name) is supervisor:
+            supervisor.start()
+
     def _retire(self, supervisor: ModuleSupervisor) -> None:
-        self._retiring.add(supervisor)
-        reason = ReplyError("ModuleRemoved", f"{supervisor.name} was removed from the config")
-        supervisor.stop(reason).addBoth(lambda _: self._retiring.discard(supervisor))
+        name = supervisor.name
+        reason = ReplyError("ModuleRemoved", f"{name} was removed from the config")
+        stopped = supervisor.stop(reason)
+        self._retiring.setdefault(name, []).append(stopped)
+
+        def retired(result):
+            waits = self._retiring.get(name, [])
+            if stopped in waits:
+                waits.remove(stopped)
+            if not waits:
+                self._retiring.pop(name, None)
+            return result
+
+        stopped.addBoth(retired)

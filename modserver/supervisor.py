@@ -25,8 +25,10 @@ from modserver.lifecycle import Backoff, State, check_transition, describe_exit
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
-# Lines of a worker's raw output kept to explain its death to clients.
-OUTPUT_TAIL = 20
+# Lines of a worker's raw output kept to explain its death to clients (a
+# crash dump lists every thread's stack, so keep enough), each cut to a length.
+OUTPUT_TAIL = 60
+OUTPUT_TAIL_LINE = 500
 
 # A line of raw output longer than this is logged in pieces.
 MAX_OUTPUT_LINE = 64 * 1024
@@ -261,7 +263,8 @@ class ModuleSupervisor:
         self.log = Logger(namespace=f"modserver.module.{spec.name}")
         self.state = State.STOPPED
         self.load_error: ReplyError | None = None
-        self.files: list[str] = []
+        # The module's own source files, each with the digest of what was imported.
+        self.files: dict[str, bytes] = {}
         self.restarts = 0
         self.calls_served = 0
         self.last_exit: str | None = None
@@ -322,6 +325,19 @@ class ModuleSupervisor:
             self._advance()
         return waiter
 
+    def files_changed(self, paths: list[str]) -> None:
+        """Some of the module's files changed: restart with the new code once idle.
+
+        A module that failed to load is retried: the change may be the fix.
+        """
+        self.log.info(
+            "{module}: {files} changed; reloading {when}",
+            module=self.name,
+            files=", ".join(paths),
+            when="now" if self.state is not State.BUSY and self._holder is None else "once idle",
+        )
+        self.restart(when_idle=True).addErrback(lambda _: None)
+
     def update(self, spec: ModuleSpec) -> None:
         """Take a changed config entry: restart with it once idle."""
         self.spec = spec
@@ -354,8 +370,8 @@ class ModuleSupervisor:
 
     def submit(self, call: Call) -> None:
         """Queue a call; it is answered now if the module cannot take it."""
-        if self._pending == "stop" or self.state is State.STOPPED:
-            call.fail(self._stop_reason or ReplyError("NotRunning", f"{self.name} is not running"))
+        if self._pending == "stop" or self._stop_reason is not None:
+            call.fail(self._stop_reason)  # stopped for good (not yet started: it waits)
             return
         refusal = self.hello_error()
         if refusal is not None:
@@ -431,7 +447,7 @@ class ModuleSupervisor:
             "entry": self.spec.entry,
             "dispatch": self.spec.dispatch,
             "python": self.spec.python,
-            "files": list(self.files),
+            "files": sorted(self.files),
         }
 
     # Events from the worker ---------------------------------------------
@@ -488,7 +504,7 @@ class ModuleSupervisor:
 
     def worker_output(self, proc: WorkerProcess, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\r")
-        self.output_tail.append(text)
+        self.output_tail.append(text[:OUTPUT_TAIL_LINE])
         self.log.info("{module} | {line}", module=self.name, line=text, output=True)
 
     def worker_broken(self, proc: WorkerProcess, what: str) -> None:
@@ -578,7 +594,7 @@ class ModuleSupervisor:
     def _worker_ready(self, info: dict) -> None:
         if self.state is not State.STARTING:
             return
-        self.files = list(info.get("files", []))
+        self._take_files(info)
         self._ready_at = self.reactor.seconds()
         self._set_state(State.READY)
         self.log.info(
@@ -593,7 +609,7 @@ class ModuleSupervisor:
         self._advance()
 
     def _worker_load_failed(self, info: dict) -> None:
-        self.files = list(info.get("files", []))
+        self._take_files(info)
         reason = info.get("reason", "LoadError")
         err = ReplyError(
             "LoadError",
@@ -601,6 +617,9 @@ class ModuleSupervisor:
             info.get("traceback", ""),
         )
         self._load_failed(err)
+
+    def _take_files(self, info: dict) -> None:
+        self.files = {path: bytes.fromhex(digest) for path, digest in info.get("files", [])}
 
     def _load_failed(self, err: ReplyError) -> None:
         self.load_error = err

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 from twisted.internet import endpoints
 from twisted.python import usage
 
 from modserver.config import ConfigError, read_config
+from modserver.lifecycle import Backoff
 from modserver.service import ModServer, ServerSettings
 from modserver.supervisor import WorkerSettings
 
@@ -87,6 +89,21 @@ class Options(usage.Options):
         ["max-request", None, 64 * 1024**2, "Longest request line accepted.", size],
         ["max-reply", None, 1024**3, "Longest reply line a module may send.", size],
         [
+            "poll-interval",
+            None,
+            0.5,
+            "Seconds between looks at the config file and the modules' files "
+            "(a change reloads what it affects).",
+            seconds,
+        ],
+        [
+            "backoff-cap",
+            None,
+            30.0,
+            "Longest wait, in seconds, before restarting a worker that keeps dying.",
+            seconds,
+        ],
+        [
             "stop-grace",
             None,
             5.0,
@@ -149,11 +166,13 @@ def makeService(options: Options, reactor=None) -> ModServer:
         max_request=options["max-request"],
         keepalive_timeout=options["keepalive-timeout"],
         idle_timeout=options["idle-timeout"],
+        poll_interval=options["poll-interval"],
         workers=WorkerSettings(
             import_paths=(config.base_dir, os.getcwd()),
             max_reply=options["max-reply"],
             log_level=log_level,
             stop_grace=options["stop-grace"],
+            backoff=functools.partial(Backoff, cap=options["backoff-cap"]),
         ),
     )
     return ModServer(config, settings, reactor, demo=demo)

@@ -11,6 +11,7 @@ this package installed.  The two sibling files it needs are loaded by path.
 from __future__ import annotations
 
 import faulthandler
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -54,6 +55,10 @@ channel = _load_sibling("channel")
 
 class BadRequest(Exception):
     """The request cannot be served by this module (the module was not called)."""
+
+
+class WorkerStopped(Exception):
+    """The worker was told to stop (SIGTERM) while a call ran."""
 
 
 class ReplyTooLarge(Exception):
@@ -184,17 +189,29 @@ def _source_file(path):
     return path if os.path.isfile(path) else None
 
 
-def user_files(paths) -> list[str]:
-    """The given files that belong to the user's tree, sorted, each once."""
-    libraries = _library_dirs()
+def user_files(paths) -> list:
+    """The given files that belong to the user's tree, each once and sorted,
+    as ``[path, digest]``: what the server watches for changes, and a hash
+    of the content that was imported (BLAKE2b, 16 bytes, in hex: the same
+    as the server's watcher computes).
+    """
+    libraries = tuple(_library_dirs())
     found = set()
     for path in paths:
         path = _source_file(path)
         if not path or os.path.normcase(path) in _OWN_FILES:
             continue
-        if not os.path.normcase(path).startswith(tuple(libraries)):
+        if not os.path.normcase(path).startswith(libraries):
             found.add(path)
-    return sorted(found)
+    files = []
+    for path in sorted(found):
+        try:
+            with open(path, "rb") as stream:
+                content = stream.read()
+        except OSError:
+            continue
+        files.append([path, hashlib.blake2b(content, digest_size=16).hexdigest()])
+    return files
 
 
 def _traceback_files(exc) -> list[str]:
@@ -338,6 +355,7 @@ class Worker:
         """Run one request and send its reply, whatever happens."""
         plain = bool(flags & channel.PLAIN)
         meta, _, request = payload.partition(b"\n")
+        function = None
         try:
             meta, request = json.loads(meta), json.loads(request)
             function = request.get("function")
@@ -346,10 +364,16 @@ class Worker:
             body = self.encode(function, result, plain)
         except BadRequest as exc:
             self.reply_error(request_id, plain, exc, wire.exception_reason(exc) + "\n")
+        except SystemExit as exc:
+            error = self._stopped(function) if _terminating.is_set() else exc
+            self.reply_error(request_id, plain, error, module_traceback(error))
         except BaseException as exc:
             self.reply_error(request_id, plain, exc, module_traceback(exc))
         else:
             self.chan.send(channel.REPLY, body, self._flags(plain), request_id, b"\n")
+
+    def _stopped(self, function) -> WorkerStopped:
+        return WorkerStopped("%s was told to stop (SIGTERM) during %s()" % (self.name, function))
 
     def invoke(self, function, args, client_ip):
         """Call the module; its exceptions propagate with its own frames first."""
@@ -430,6 +454,7 @@ def _leave_if_orphaned(chan: Channel) -> None:
     """Thread body: once the server is gone, exit even if a call is stuck."""
     chan.closed.wait()
     time.sleep(ORPHAN_GRACE)
+    _end_process_group(kill_self=True)
     os._exit(EXIT_ORPHANED)
 
 
@@ -455,6 +480,9 @@ def _set_up_logging(chan: Channel, job: dict) -> None:
 def main() -> int:
     if sys.path and os.path.abspath(sys.path[0] or ".") == _HERE:
         del sys.path[0]  # our own directory must not shadow the user's modules
+    # A .pyc is trusted if mtime (whole seconds) and size match: a module
+    # saved twice within a second at the same size would reload stale code.
+    sys.dont_write_bytecode = True
     fd_in, fd_out = protect_channel()
     _set_up_process()
     chan = Channel(fd_in, fd_out)
@@ -471,8 +499,28 @@ def main() -> int:
     return worker.serve()
 
 
+def _end_process_group(kill_self: bool = False) -> None:
+    """Take the processes the module started down with us (a signal to our group).
+
+    Only as the group's leader (never the server's group).  The server also
+    kills what is left once it sees us gone, but not if it is gone itself.
+    From the main thread: SIGTERM, which we ignore ourselves; from another
+    thread (signal handlers cannot be changed there) ``kill_self``: SIGKILL
+    to everyone, us included.
+    """
+    if not hasattr(os, "killpg") or os.getpgrp() != os.getpid():
+        return
+    if not kill_self:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        os.killpg(os.getpid(), signal.SIGKILL if kill_self else signal.SIGTERM)
+    except OSError:
+        pass
+
+
 if __name__ == "__main__":
     code = main()
     logging.shutdown()
     sys.stderr.flush()
+    _end_process_group()
     os._exit(code)  # do not wait for threads the module left running

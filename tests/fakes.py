@@ -57,9 +57,8 @@ class Spawned:
         self.protocol.childDataReceived(1, channel.json_frame(kind, message))
 
     def ready(self, files=()) -> None:
-        self.says(
-            channel.READY, {"pid": self.transport.pid, "files": list(files), "load_time": 0.01}
-        )
+        listed = [[path, "00" * 16] for path in files]
+        self.says(channel.READY, {"pid": self.transport.pid, "files": listed, "load_time": 0.01})
 
     def load_failed(self, reason="ImportError: nope", traceback="Traceback...\n") -> None:
         self.says(channel.LOAD_FAILED, {"reason": reason, "traceback": traceback, "files": []})

@@ -49,7 +49,8 @@ def test_ready_worker_is_ready(setup):
     supervisor.start()
     reactor.last.ready(files=["/config/mymodules/laser.py"])
     assert supervisor.state is State.READY
-    assert supervisor.files == ["/config/mymodules/laser.py"]
+    assert supervisor.files == {"/config/mymodules/laser.py": bytes(16)}
+    assert supervisor.snapshot()["files"] == ["/config/mymodules/laser.py"]
     assert supervisor.snapshot()["pid"] == reactor.last.transport.pid
 
 
