@@ -1,0 +1,42 @@
+"""A module for lifecycle tests: it can crash, hang, and start children."""
+
+import ctypes
+import os
+import subprocess
+import sys
+import time
+
+VERSION = 1
+
+
+class Life:
+    def version(self):
+        """Which version of this file is loaded."""
+        return VERSION
+
+    def pid(self):
+        return os.getpid()
+
+    def sleep(self, seconds):
+        time.sleep(seconds)
+        return seconds
+
+    def hang(self):
+        """An instrument that never answers."""
+        while True:
+            time.sleep(1)
+
+    def die(self, code):
+        """End the worker abruptly, as a crashing driver does."""
+        sys.stderr.write(f"about to exit with {code}\n")
+        sys.stderr.flush()
+        os._exit(code)
+
+    def segfault(self):
+        """Crash in C code."""
+        ctypes.string_at(0)
+
+    def spawn_child(self):
+        """Start a long-lived child process, as some vendor tools do."""
+        self.child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+        return self.child.pid
