@@ -1,5 +1,9 @@
 """The module the benchmarks call: cheap methods and canned payloads."""
 
+import os
+
+VERSION = 0
+
 
 class Bench:
     def __init__(self):
@@ -18,3 +22,10 @@ class Bench:
     def floats(self, count):
         """``count`` floats."""
         return [i * 0.001 for i in range(count)]
+
+    def version(self):
+        """Which edit of this file is loaded (the reload benchmark rewrites it)."""
+        return VERSION
+
+    def pid(self):
+        return os.getpid()

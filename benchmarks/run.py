@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -39,7 +40,7 @@ class Server:
 
     def __init__(self) -> None:
         self.dir = tempfile.TemporaryDirectory()
-        root = Path(self.dir.name)
+        root = self.root = Path(self.dir.name)
         (root / "bench_module.py").write_text((HERE / "bench_module.py").read_text())
         config = {
             "bench": ["bench_module", "Bench", None],
@@ -227,15 +228,55 @@ def bench_line_receiver(size: int = 16 * 1024 * 1024, piece: int = 65536) -> dic
     return result
 
 
+def bench_respawn(server: Server, repeat: int) -> dict:
+    """SIGKILL a worker, then time until a new-connection call succeeds again."""
+    samples = []
+    for _ in range(repeat):
+        pid = com(server.port, "bench2", "pid")
+        started = time.perf_counter()
+        os.kill(pid, signal.SIGKILL)
+        while True:
+            try:
+                if com(server.port, "bench2", "pid") != pid:
+                    break
+            except RuntimeError:
+                pass  # the call in flight when the worker died
+        samples.append(time.perf_counter() - started)
+        time.sleep(11)  # stay up past the backoff's stable time: each kill is a "first" death
+    return summary(samples)
+
+
+def bench_reload(server: Server, repeat: int) -> dict:
+    """Save a changed module file, then time until a call answers from the new code."""
+    path = server.root / "bench_module.py"
+    samples = []
+    for edit in range(1, repeat + 1):
+        text = re.sub(r"VERSION = \d+", f"VERSION = {edit}", path.read_text())
+        started = time.perf_counter()
+        path.write_text(text)
+        while com(server.port, "bench", "version") != edit:
+            pass
+        samples.append(time.perf_counter() - started)
+    return summary(samples)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--repeat", type=int, default=300, help="samples per latency figure")
+    parser.add_argument(
+        "--lifecycle",
+        action="store_true",
+        help="also time worker respawn and module reload (slow: ~1 min)",
+    )
     args = parser.parse_args()
     server = Server()
     try:
         results = bench_latency(server.port, args.repeat)
         results["reply_10MB"] = bench_bulk(server.port, 10_000_000, 9)
+        if args.lifecycle:
+            results["respawn_after_sigkill"] = bench_respawn(server, 5)
+            results["reload_after_save"] = bench_reload(server, 9)
     finally:
         server.stop()
     results["request_line_16MB"] = bench_line_receiver()
@@ -255,6 +296,13 @@ def main() -> None:
         f"{'reply_10MB':<24}{r['mb_per_s']:>9.0f}MB/s  (range {low:.0f}-{high:.0f} MB/s"
         f" over {r['n']} runs)"
     )
+    for name in ("respawn_after_sigkill", "reload_after_save"):
+        if name in results:
+            r = results[name]
+            print(
+                f"{name:<24}{r['p50'] * 1e3:>10.1f}ms{r['p99'] * 1e3:>10.1f}ms"
+                f"{r['min'] * 1e3:>10.1f}ms  (n={r['n']})"
+            )
     r = results["request_line_16MB"]
     print(
         f"{'request_line_16MB':<24}{r['chunked']:>9.0f}MB/s  (Twisted's LineReceiver "
