@@ -32,7 +32,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 # After the server's end of the channel closes while a call runs, how long
 # the call may go on before the worker leaves anyway: a worker must never be
 # orphaned holding hardware.
-ORPHAN_GRACE = 1.5
+ORPHAN_GRACE = 1.0
 
 EXIT_STOPPED = 0
 EXIT_LOAD_FAILED = 3

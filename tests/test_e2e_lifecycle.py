@@ -340,7 +340,7 @@ def test_nothing_survives_the_server_being_killed(tmp_path):
     stuck.close()
     wait_for(
         lambda: not any(pid_alive(p) for p in [*workers, child]),
-        timeout=3,
+        timeout=2,
         what="every worker and child to exit",
     )
 
