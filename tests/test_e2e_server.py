@@ -374,6 +374,8 @@ def test_the_server_stops_every_worker_after_its_exit_hook(tmp_path, sig):
         "class Tidy:\n"
         "    def __exit__(self, *exc):\n"
         "        open(os.environ['TIDY_MARK'], 'a').write('exit called\\n')\n"
+        "    def close(self):\n"
+        "        open(os.environ['TIDY_MARK'], 'a').write('close called\\n')\n"
         "    def ping(self):\n"
         "        return 'pong'\n"
     )
@@ -388,6 +390,7 @@ def test_the_server_stops_every_worker_after_its_exit_hook(tmp_path, sig):
     assert srv.stop(sig, timeout=10) in (0, -sig)  # twistd re-raises the signal
     assert time.monotonic() - started < 5
     assert mark.read_text().count("exit called") == 2
+    assert "close called" not in mark.read_text()  # close() may be a hardware command
     assert not any(pid_alive(pid) for pid in pids)
 
 
