@@ -1,9 +1,9 @@
-"""One module's worker process: its life, its queue and its calls.
+"""One module's worker: its life, its queue and its calls.
 
 ``ModuleSupervisor`` owns the module's lifecycle (lifecycle.State), its FIFO
-queue of calls, the keep-alive session holding it, and the worker child.
-``WorkerProcess`` is the ProcessProtocol that carries frames to and from
-that child.  The reactor is injected, so tests drive both with a fake.
+queue of calls, the keep-alive session holding it, and the worker child
+(through process.WorkerProcess).  The reactor is injected, so tests drive
+it with a fake.
 """
 
 from __future__ import annotations
@@ -11,17 +11,16 @@ from __future__ import annotations
 import collections
 import json
 import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from twisted.internet import defer, error, protocol
-from twisted.logger import Logger, LogLevel
+from twisted.internet import defer
 
-from modserver import channel
+from modserver import channel, logs, wire
 from modserver.config import ModuleSpec
 from modserver.errors import ReplyError
-from modserver.lifecycle import Backoff, State, check_transition, describe_exit
+from modserver.lifecycle import Backoff, State, check_transition
+from modserver.process import WorkerProcess, signal_group
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
@@ -30,43 +29,8 @@ WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker
 OUTPUT_TAIL = 60
 OUTPUT_TAIL_LINE = 500
 
-# A line of raw output longer than this is logged in pieces.
-MAX_OUTPUT_LINE = 64 * 1024
-
-# After a worker exits, how long to wait for its channel to close (a forked
-# grandchild may hold it open) before treating the worker as gone.
-CHANNEL_CLOSE_GRACE = 0.5
-
-_LOG_LEVELS = (
-    (50, LogLevel.critical),
-    (40, LogLevel.error),
-    (30, LogLevel.warn),
-    (20, LogLevel.info),
-)
-
-
-def log_level_for(levelno: int) -> LogLevel:
-    """The twisted.logger level of a stdlib logging level number."""
-    for floor, level in _LOG_LEVELS:
-        if levelno >= floor:
-            return level
-    return LogLevel.debug
-
-
-def signal_group(pid: int, name: str) -> bool:
-    """Send SIGname to process group ``pid``; False if there is no such group.
-
-    Workers make themselves the leaders of their own process groups, so this
-    reaches whatever they started too.  Windows has no process groups.
-    """
-    number = getattr(signal, "SIG" + name, None)
-    if not hasattr(os, "killpg") or number is None:
-        return False
-    try:
-        os.killpg(pid, number)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+# An error reply is read (to name its type in the access log) up to this size.
+ERROR_PEEK = 64 * 1024
 
 
 @dataclass
@@ -81,6 +45,7 @@ class WorkerSettings:
     backoff: Callable[[], Backoff] = Backoff
     script: str = WORKER_SCRIPT
     signal_group: Callable[[int, str], bool] = signal_group
+    access_log: bool = True  # one log line per call
 
 
 class CallSink:
@@ -108,6 +73,7 @@ class Call:
     client_ip: str = ""
     timeout: float | None = None
     request_id: int = 0
+    received: float | None = None
     started: float | None = None
     answered: bool = field(default=False)
 
@@ -129,125 +95,6 @@ class LoadFailed(Exception):
         self.error = err
 
 
-class WorkerProcess(protocol.ProcessProtocol):
-    """The server's end of one worker child: frames in and out, raw output."""
-
-    def __init__(self, supervisor: ModuleSupervisor) -> None:
-        self.supervisor = supervisor
-        self.group_signaller = supervisor.settings.signal_group
-        self.pid: int | None = None
-        self.exit_description: str | None = None
-        self.channel_closed = False
-        self.gone = False
-        self._parser = channel.FrameParser(self)
-        self._kind = None
-        self._chunks: list[bytes] = []
-        self._partial_line = b""
-        self._grace_call = None
-
-    # Frames -----------------------------------------------------------
-
-    def send(self, *pieces: bytes) -> None:
-        """Write frame bytes to the worker (pieces avoid copying big requests)."""
-        if self.transport is not None and self.exit_description is None:
-            self.transport.writeSequence(list(pieces))
-
-    def frame_started(self, kind: int, flags: int, request_id: int, length: int) -> None:
-        self._kind = kind
-        if kind == channel.REPLY:
-            self.supervisor.worker_reply_started(self, flags, request_id)
-        else:
-            self._chunks = []
-
-    def frame_data(self, data: bytes) -> None:
-        if self._kind == channel.REPLY:
-            self.supervisor.worker_reply_data(self, data)
-        else:
-            self._chunks.append(data)
-
-    def frame_ended(self) -> None:
-        if self._kind == channel.REPLY:
-            self.supervisor.worker_reply_ended(self)
-            return
-        payload, self._chunks = b"".join(self._chunks), []
-        try:
-            message = json.loads(payload)
-        except ValueError:
-            self.supervisor.worker_broken(self, "sent a malformed frame")
-            return
-        self.supervisor.worker_message(self, self._kind, message)
-
-    # ProcessProtocol --------------------------------------------------
-
-    def connectionMade(self) -> None:
-        """The child is spawned."""
-        self.pid = self.transport.pid
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        """fd 1 is the channel; fd 2 is everything the worker wrote as text."""
-        if childFD == 1:
-            self._parser.feed(data)
-        else:
-            self._output(data)
-
-    def childConnectionLost(self, childFD: int) -> None:
-        """A pipe closed; the channel closing means no reply can come any more."""
-        if childFD == 1:
-            self.channel_closed = True
-            if self.exit_description is not None:
-                self._gone()
-        elif childFD == 2 and self._partial_line:
-            self.supervisor.worker_output(self, self._partial_line)
-            self._partial_line = b""
-
-    def processExited(self, reason) -> None:
-        """The child exited; it is gone once its channel is closed too."""
-        value = reason.value
-        self.exit_description = describe_exit(
-            getattr(value, "exitCode", None), getattr(value, "signal", None)
-        )
-        if self.channel_closed:
-            self._gone()
-        else:
-            clock = self.supervisor.reactor
-            self._grace_call = clock.callLater(CHANNEL_CLOSE_GRACE, self._gone)
-
-    def _gone(self) -> None:
-        if self._grace_call is not None and self._grace_call.active():
-            self._grace_call.cancel()
-        self._grace_call = None
-        if not self.gone:
-            self.gone = True
-            self.supervisor.worker_gone(self, self.exit_description)
-
-    # Raw output -------------------------------------------------------
-
-    def _output(self, data: bytes) -> None:
-        lines = (self._partial_line + data).split(b"\n")
-        self._partial_line = lines.pop()
-        while len(self._partial_line) > MAX_OUTPUT_LINE:
-            lines.append(self._partial_line[:MAX_OUTPUT_LINE])
-            self._partial_line = self._partial_line[MAX_OUTPUT_LINE:]
-        for line in lines:
-            self.supervisor.worker_output(self, line)
-
-    # Signals ----------------------------------------------------------
-
-    def signal(self, name: str) -> None:
-        """Send SIGname to the worker's process group, else to the worker alone.
-
-        Only while it runs: once it has exited its pid may belong to another.
-        """
-        if self.exit_description is not None or self.pid is None:
-            return
-        if self.group_signaller(self.pid, name):
-            return
-        try:
-            self.transport.signalProcess(name)  # not a group leader yet, or Windows
-        except error.ProcessExitedAlready:
-            pass
-
-
 class ModuleSupervisor:
     """Runs one module: its worker child, its queue, its lifecycle.
 
@@ -260,7 +107,9 @@ class ModuleSupervisor:
         self.spec = spec
         self.settings = settings
         self.reactor = reactor
-        self.log = Logger(namespace=f"modserver.module.{spec.name}")
+        self.log = logs.for_module(spec.name)
+        self.access = logs.for_module(spec.name, "access") if settings.access_log else None
+        self.output = logs.ModuleOutput(spec.name, reactor)
         self.state = State.STOPPED
         self.load_error: ReplyError | None = None
         # The module's own source files, each with the digest of what was imported.
@@ -268,7 +117,7 @@ class ModuleSupervisor:
         self.restarts = 0
         self.calls_served = 0
         self.last_exit: str | None = None
-        self.output_tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL)
+        self.output_tail: collections.deque[bytes] = collections.deque(maxlen=OUTPUT_TAIL)
         self._process: WorkerProcess | None = None
         self._queue: collections.deque[Call] = collections.deque()
         self._current: Call | None = None
@@ -284,6 +133,8 @@ class ModuleSupervisor:
         self._request_ids = 0
         self._reply_target: Call | None = None
         self._reply_error = False
+        self._error_peek: list[bytes] | None = None
+        self.module_log = logs.for_module(spec.name, "module")
 
     @property
     def name(self) -> str:
@@ -331,7 +182,7 @@ class ModuleSupervisor:
         A module that failed to load is retried: the change may be the fix.
         """
         self.log.info(
-            "{module}: {files} changed; reloading {when}",
+            "{files} changed; reloading {when}",
             module=self.name,
             files=", ".join(paths),
             when="now" if self.state is not State.BUSY and self._holder is None else "once idle",
@@ -355,7 +206,7 @@ class ModuleSupervisor:
         self._cancel_timer("backoff")
         queued, self._queue = list(self._queue), collections.deque()
         for call in queued:
-            call.fail(reason)
+            self._fail_call(call, reason)
         self._fail_ready_waiters(reason)
         waiter = defer.Deferred()
         if self._process is None:
@@ -370,24 +221,26 @@ class ModuleSupervisor:
 
     def submit(self, call: Call) -> None:
         """Queue a call; it is answered now if the module cannot take it."""
+        call.received = self.reactor.seconds()
         if self._pending == "stop" or self._stop_reason is not None:
-            call.fail(self._stop_reason)  # stopped for good (not yet started: it waits)
+            self._fail_call(call, self._stop_reason)  # stopped for good (not yet started: it waits)
             return
         refusal = self.hello_error()
         if refusal is not None:
-            call.fail(refusal)
+            self._fail_call(call, refusal)
             return
         if call.sink is self._holder:
             self._queue.appendleft(call)
         elif self._can_run_now(call):
             self._queue.append(call)
         elif len(self._queue) >= self.spec.queue_limit:
-            call.fail(
+            self._fail_call(
+                call,
                 ReplyError(
                     "Busy",
                     f"{self.name} already has {len(self._queue)} requests waiting "
                     f"(queue limit {self.spec.queue_limit}); try again later",
-                )
+                ),
             )
             return
         else:
@@ -411,6 +264,8 @@ class ModuleSupervisor:
 
     def release(self, sink: CallSink) -> None:
         """The client ``sink`` is gone: drop its waiting calls and its hold."""
+        for call in [c for c in self._queue if c.sink is sink]:
+            self._log_access(call, "dropped (the client left)")
         self._queue = collections.deque(c for c in self._queue if c.sink is not sink)
         if self._holder is sink:
             self._holder = None
@@ -465,17 +320,20 @@ class ModuleSupervisor:
     def worker_reply_started(self, proc: WorkerProcess, flags: int, request_id: int) -> None:
         call = self._current
         if proc is not self._process or call is None or call.request_id != request_id:
-            self.log.warn("{module}: dropping an unexpected reply", module=self.name)
+            self.log.warn("dropping an unexpected reply from {module}'s worker", module=self.name)
             self._reply_target = None
             return
         self._cancel_timer("call")
         call.answered = True
         self._reply_target = call
         self._reply_error = bool(flags & channel.ERROR)
+        self._error_peek = [] if self._reply_error and self.access is not None else None
         self._to_sink(call, "reply_started", self._reply_error)
 
     def worker_reply_data(self, proc: WorkerProcess, data: bytes) -> None:
         if proc is self._process and self._reply_target is not None:
+            if self._error_peek is not None and sum(map(len, self._error_peek)) < ERROR_PEEK:
+                self._error_peek.append(data)
             self._to_sink(self._reply_target, "reply_data", data)
 
     def worker_reply_ended(self, proc: WorkerProcess) -> None:
@@ -484,6 +342,7 @@ class ModuleSupervisor:
             return
         self._current = None
         self.calls_served += 1
+        self._log_access(call, self._error_type(call) if self._reply_error else "ok")
         held = call.keep_alive and not self._reply_error and self.state is State.BUSY
         self._holder = call.sink if held else None
         if self.state is State.BUSY:
@@ -491,25 +350,56 @@ class ModuleSupervisor:
         self._to_sink(call, "reply_finished", True)
         self._advance()
 
+    def _error_type(self, call: Call) -> str:
+        """The type named by an error reply ("ValueError"), for the access log."""
+        line = b"".join(self._error_peek or ()).rstrip(b"\n")
+        self._error_peek = None
+        try:
+            text = line if call.plain else wire.unquote_plus(line)
+            return json.loads(text)["response"].split(":", 1)[0]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return "error"
+
+    def _fail_call(self, call: Call, err: ReplyError) -> None:
+        """Answer ``call`` with ``err`` and log it."""
+        if not call.answered:
+            self._log_access(call, err.kind)
+        call.fail(err)
+
+    def _log_access(self, call: Call, outcome: str) -> None:
+        if self.access is None:
+            return
+        now = self.reactor.seconds()
+        received = call.received if call.received is not None else now
+        started = call.started if call.started is not None else now
+        self.access.info(
+            "{client} {function}() {outcome} in {ms:.1f} ms",
+            module=self.name,
+            client=call.client_ip,
+            function=call.function,
+            outcome=outcome,
+            ms=(now - received) * 1000,
+            waited_ms=(started - received) * 1000,
+        )
+
     def _to_sink(self, call: Call, method: str, *args) -> None:
         """Pass reply events on; a failing client must not break the worker's pipe."""
         try:
             getattr(call.sink, method)(*args)
         except Exception:
             self.log.failure(
-                "{module}: passing a reply to {client} failed",
+                "passing a reply from {module} to {client} failed",
                 module=self.name,
                 client=call.client_ip,
             )
 
     def worker_output(self, proc: WorkerProcess, line: bytes) -> None:
-        text = line.decode("utf-8", "replace").rstrip("\r")
-        self.output_tail.append(text[:OUTPUT_TAIL_LINE])
-        self.log.info("{module} | {line}", module=self.name, line=text, output=True)
+        self.output_tail.append(line[:OUTPUT_TAIL_LINE])
+        self.output.line(line)
 
     def worker_broken(self, proc: WorkerProcess, what: str) -> None:
         if proc is self._process:
-            self.log.error("{module}: worker {what}; killing it", module=self.name, what=what)
+            self.log.error("{module}'s worker {what}; killing it", module=self.name, what=what)
             proc.signal("KILL")
 
     def worker_gone(self, proc: WorkerProcess, description: str) -> None:
@@ -575,7 +465,7 @@ class ModuleSupervisor:
             )
             return
         self._process = proc
-        self.log.info("{module}: starting worker (pid {pid})", module=self.name, pid=proc.pid)
+        self.log.info("starting worker (pid {pid})", module=self.name, pid=proc.pid)
         proc.send(
             channel.json_frame(
                 channel.LOAD,
@@ -598,7 +488,7 @@ class ModuleSupervisor:
         self._ready_at = self.reactor.seconds()
         self._set_state(State.READY)
         self.log.info(
-            "{module}: ready (pid {pid}, loaded in {load_time:.3f} s)",
+            "ready (pid {pid}, loaded in {load_time:.3f} s)",
             module=self.name,
             pid=info.get("pid"),
             load_time=info.get("load_time", 0.0),
@@ -626,27 +516,30 @@ class ModuleSupervisor:
         if self.state is not State.FAILED:
             self._set_state(State.FAILED)
         self.log.error(
-            "{module}: {reason}\n{traceback}",
+            "{reason}\n{traceback}",
             module=self.name,
             reason=err.reason,
             traceback=err.traceback,
         )
         queued, self._queue = list(self._queue), collections.deque()
         for call in queued:
-            call.fail(err)
+            self._fail_call(call, err)
         self._fail_ready_waiters(err)
 
     def _module_log(self, info: dict) -> None:
         text = info.get("message", "")
         if info.get("exc_text"):
             text = text + "\n" + info["exc_text"].rstrip("\n")
-        self.log.emit(
-            log_level_for(int(info.get("level", 20))),
-            "{module} {logger}: {text}",
+        self.module_log.emit(
+            logs.level_for(int(info.get("level", 20))),
+            "{logger}: {text}",
             module=self.name,
             logger=info.get("logger", ""),
             text=text,
-            record=info,
+            levelname=info.get("levelname"),
+            message=info.get("message", ""),
+            exc_text=info.get("exc_text", ""),
+            module_time=info.get("time"),
         )
 
     def _advance(self) -> None:
@@ -689,15 +582,16 @@ class ModuleSupervisor:
             return
         self._current = None
         self._holder = None
-        call.fail(
+        self._fail_call(
+            call,
             ReplyError(
                 "Timeout",
                 f"{self.name}.{call.function} did not answer within {timeout:g} s; "
                 "its worker was killed and is being restarted",
-            )
+            ),
         )
         self.log.warn(
-            "{module}: {function} timed out after {timeout:g} s; killing the worker",
+            "{function}() timed out after {timeout:g} s; killing the worker",
             module=self.name,
             function=call.function,
             timeout=timeout,
@@ -718,7 +612,7 @@ class ModuleSupervisor:
     def _terminate(self) -> None:
         del self._timers["terminate"]
         self.log.warn(
-            "{module}: worker did not stop within {grace:g} s; sending SIGTERM",
+            "worker did not stop within {grace:g} s; sending SIGTERM",
             module=self.name,
             grace=self.settings.stop_grace,
         )
@@ -729,7 +623,7 @@ class ModuleSupervisor:
     def _kill(self) -> None:
         del self._timers["kill"]
         if self._process is not None:
-            self.log.warn("{module}: worker ignored SIGTERM; sending SIGKILL", module=self.name)
+            self.log.warn("worker ignored SIGTERM; sending SIGKILL", module=self.name)
             self._process.signal("KILL")
 
     def _kill_leftovers(self, proc: WorkerProcess) -> None:
@@ -740,12 +634,12 @@ class ModuleSupervisor:
     def _after_stop(self) -> None:
         pending, self._pending = self._pending, None
         if pending == "restart":
-            self.log.info("{module}: restarting", module=self.name)
+            self.log.info("restarting", module=self.name)
             self.restarts += 1
             self._spawn()
             return
         self._set_state(State.STOPPED)
-        self.log.info("{module}: stopped", module=self.name)
+        self.log.info("stopped", module=self.name)
         waiters, self._stopped_waiters = self._stopped_waiters, []
         for waiter in waiters:
             waiter.callback(None)
@@ -755,7 +649,7 @@ class ModuleSupervisor:
         delay = self._backoff.next_delay(uptime)
         when = "now" if delay == 0 else f"in {delay:g} s"
         self.log.error(
-            "{module}: worker died unexpectedly ({how}); restarting {when}",
+            "worker died unexpectedly ({how}); restarting {when}",
             module=self.name,
             how=description,
             when=when,
@@ -771,7 +665,7 @@ class ModuleSupervisor:
             self.load_error = err
             queued, self._queue = list(self._queue), collections.deque()
             for call in queued:
-                call.fail(err)
+                self._fail_call(call, err)
             self._fail_ready_waiters(err)
         self._set_state(State.BACKOFF)
         if delay == 0:
@@ -791,18 +685,20 @@ class ModuleSupervisor:
         if call.answered:
             self._to_sink(call, "reply_finished", False)  # cut short: just close
             return
-        call.fail(
+        self._fail_call(
+            call,
             ReplyError(
                 "WorkerDied",
                 f"the worker of {self.name} died during {call.function}() ({description})",
                 self._tail_text(),
-            )
+            ),
         )
 
     def _tail_text(self) -> str:
         if not self.output_tail:
             return "(the worker wrote nothing before it ended)\n"
-        return "Last output of the worker:\n" + "\n".join(self.output_tail) + "\n"
+        lines = (line.decode("utf-8", "replace").rstrip("\r") for line in self.output_tail)
+        return "Last output of the worker:\n" + "\n".join(lines) + "\n"
 
     def _fail_ready_waiters(self, err: ReplyError) -> None:
         waiters, self._ready_waiters = self._ready_waiters, []

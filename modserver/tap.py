@@ -6,6 +6,7 @@ import functools
 import os
 
 from twisted.internet import endpoints
+from twisted.logger import LogLevel
 from twisted.python import usage
 
 from modserver.config import ConfigError, read_config
@@ -18,7 +19,21 @@ DEFAULT_INTERFACE = "127.0.0.1"
 DEFAULT_CONFIG = "server.config"
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo", "server.config")
 
-LOG_LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40, "critical": 50}
+LOG_LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "warning": LogLevel.warn,
+    "error": LogLevel.error,
+    "critical": LogLevel.critical,
+}
+STDLIB_LEVELS = {
+    LogLevel.debug: 10,
+    LogLevel.info: 20,
+    LogLevel.warn: 30,
+    LogLevel.error: 40,
+    LogLevel.critical: 50,
+}
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
@@ -89,6 +104,22 @@ class Options(usage.Options):
         ["max-request", None, 64 * 1024**2, "Longest request line accepted.", size],
         ["max-reply", None, 1024**3, "Longest reply line a module may send.", size],
         [
+            "json-log",
+            None,
+            None,
+            "Also write the log as JSON records to this file (rotated; read it with "
+            "twisted.logger.eventsFromJSONLogFile or jq --seq).",
+        ],
+        ["json-log-size", None, 10 * 1024**2, "Rotate the JSON log at this size.", size],
+        ["json-log-count", None, 5, "How many rotated JSON log files to keep.", int],
+        [
+            "http",
+            None,
+            None,
+            "Serve a status page on this endpoint (a bare port number listens on "
+            "127.0.0.1 only), e.g. 8080 or tcp:8080:interface=0.0.0.0.",
+        ],
+        [
             "poll-interval",
             None,
             0.5,
@@ -111,6 +142,10 @@ class Options(usage.Options):
             "SIGTERM; SIGKILL follows 2 s later.",
             seconds,
         ],
+    ]
+
+    optFlags = [
+        ["no-access-log", None, "Do not log a line for every call."],
     ]
 
     def __init__(self) -> None:
@@ -160,6 +195,14 @@ def makeService(options: Options, reactor=None) -> ModServer:
         except Exception as exc:
             raise SystemExit(f"modserver: bad --listen endpoint {description!r}: {exc}") from None
     log_level = LOG_LEVELS[options["log-level"].lower()]
+    http = options["http"]
+    if http is not None and http.isdigit():
+        http = f"tcp:{http}:interface={DEFAULT_INTERFACE}"  # loopback unless told otherwise
+    for description in filter(None, [http]):
+        try:
+            endpoints.serverFromString(reactor, description)
+        except Exception as exc:
+            raise SystemExit(f"modserver: bad --http endpoint {description!r}: {exc}") from None
     settings = ServerSettings(
         name=options["name"],
         listen=tuple(options["listen"]),
@@ -167,10 +210,16 @@ def makeService(options: Options, reactor=None) -> ModServer:
         keepalive_timeout=options["keepalive-timeout"],
         idle_timeout=options["idle-timeout"],
         poll_interval=options["poll-interval"],
+        log_level=log_level,
+        json_log=options["json-log"],
+        json_log_size=options["json-log-size"],
+        json_log_count=options["json-log-count"],
+        http=http,
         workers=WorkerSettings(
             import_paths=(config.base_dir, os.getcwd()),
             max_reply=options["max-reply"],
-            log_level=log_level,
+            log_level=STDLIB_LEVELS[log_level],
+            access_log=not options["no-access-log"],
             stop_grace=options["stop-grace"],
             backoff=functools.partial(Backoff, cap=options["backoff-cap"]),
         ),

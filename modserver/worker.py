@@ -51,6 +51,13 @@ def _load_sibling(name: str):
 
 wire = _load_sibling("wire")
 channel = _load_sibling("channel")
+budget = _load_sibling("budget")
+
+# Log records a module may send per second (and at once); beyond that they
+# are counted and the count is reported every few seconds instead.
+LOG_RATE = 200
+LOG_BURST = 1000
+LOG_REPORT_EVERY = 5.0
 
 
 class BadRequest(Exception):
@@ -125,27 +132,58 @@ class Channel:
 
 
 class ChannelLogHandler(logging.Handler):
-    """Forwards logging records to the server as LOG frames."""
+    """Forwards logging records to the server as LOG frames, within a budget."""
 
     def __init__(self, chan: Channel, module_name: str) -> None:
         logging.Handler.__init__(self)
         self._chan = chan
         self._module_name = module_name
+        self._budget = budget.Budget(LOG_RATE, LOG_BURST)
+        self._reported = time.time()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            event = {
-                "module": self._module_name,
-                "logger": record.name,
-                "level": record.levelno,
-                "levelname": record.levelname,
-                "message": record.getMessage(),
-                "time": record.created,
-                "exc_text": self._exc_text(record),
-            }
-            self._chan.send_json(channel.LOG, event)
+            now = time.time()
+            if not self._budget.take(now):
+                if now - self._reported >= LOG_REPORT_EVERY:
+                    self.report_dropped(now)
+                return
+            if self._budget.refused:
+                self.report_dropped(now)
+            self._send(
+                record.name,
+                record.levelno,
+                record.levelname,
+                record.getMessage(),
+                record.created,
+                self._exc_text(record),
+            )
         except Exception:
             self.handleError(record)
+
+    def report_dropped(self, now=None) -> None:
+        """Say how many records the budget held back since the last report."""
+        now = time.time() if now is None else now
+        count, _ = self._budget.tally()
+        self._reported = now
+        if count:
+            message = (
+                "log flood: %d records of %s were not sent in the last %.1f s "
+                "(more than %d a second)" % (count, self._module_name, LOG_REPORT_EVERY, LOG_RATE)
+            )
+            self._send("modserver.worker", logging.WARNING, "WARNING", message, now, "")
+
+    def _send(self, logger, level, levelname, message, created, exc_text) -> None:
+        event = {
+            "module": self._module_name,
+            "logger": logger,
+            "level": level,
+            "levelname": levelname,
+            "message": message,
+            "time": created,
+            "exc_text": exc_text,
+        }
+        self._chan.send_json(channel.LOG, event)
 
     def _exc_text(self, record) -> str:
         if record.exc_info:
@@ -469,12 +507,14 @@ def _set_up_process() -> None:
     faulthandler.enable()  # a crash in C code leaves a Python traceback in the log
 
 
-def _set_up_logging(chan: Channel, job: dict) -> None:
+def _set_up_logging(chan: Channel, job: dict) -> ChannelLogHandler:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    root.addHandler(ChannelLogHandler(chan, job["name"]))
+    handler = ChannelLogHandler(chan, job["name"])
+    root.addHandler(handler)
     root.setLevel(job.get("log_level", logging.INFO))
+    return handler
 
 
 def main() -> int:
@@ -490,13 +530,15 @@ def main() -> int:
     if first is None or first[0] != channel.LOAD:
         return EXIT_ORPHANED
     job = json.loads(first[3])
-    _set_up_logging(chan, job)
+    log_handler = _set_up_logging(chan, job)
     threading.Thread(target=chan.read_forever, name="channel", daemon=True).start()
     threading.Thread(target=_leave_if_orphaned, args=(chan,), daemon=True).start()
     worker = Worker(chan, job)
     if not worker.load():
         return EXIT_LOAD_FAILED
-    return worker.serve()
+    code = worker.serve()
+    log_handler.report_dropped()
+    return code
 
 
 def _end_process_group(kill_self: bool = False) -> None:

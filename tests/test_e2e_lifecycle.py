@@ -167,7 +167,7 @@ def test_an_import_error_is_retried_when_the_file_is_fixed_not_in_a_loop(tmp_pat
         (tmp_path / "fixme.py").write_text(broken.replace("def ok(self)", "def ok(self):"))
         srv.wait_state("fixme", "ready", timeout=10)
         assert response(call(srv.port, "fixme", "ok")) == "fixed"
-        assert srv.log().count("fixme: starting worker") == 2
+        assert srv.log().count("[fixme#info] starting worker") == 2
 
 
 def test_a_failed_module_is_retried_on_reload_and_on_a_config_change(tmp_path):
@@ -175,7 +175,7 @@ def test_a_failed_module_is_retried_on_reload_and_on_a_config_change(tmp_path):
         assert srv.module_status("bad")["state"] == "failed"
         reply = hello(srv.port, "_reload_bad")
         assert reply["error"] is True and "instrument not found" in reply["response"]
-        assert srv.log().count("bad: starting worker") == 2
+        assert srv.log().count("[bad#info] starting worker") == 2
         srv.write_config({"bad": ["basic", "Basic", None]})
         srv.wait_state("bad", "ready", timeout=10)
         assert response(call(srv.port, "bad", "add", 1, 1)) == 2

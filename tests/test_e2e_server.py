@@ -199,7 +199,7 @@ def test_compatible_server_main_runs_the_same_server(tmp_path):
         assert response(call(port, "basic", "add", 1, 2)) == 3
         assert response(hello(port, "_status"))["server"]["name"] == "HW Server"
         wait_for(
-            lambda: "basic: ready" in (tmp_path / "logs/server.log").read_text(),
+            lambda: "[basic#info] ready" in (tmp_path / "logs/server.log").read_text(),
             what="the log file",
         )
     finally:

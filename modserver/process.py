@@ -1,0 +1,182 @@
+"""The server's end of a worker child: frames in and out, raw output, signals.
+
+``WorkerProcess`` is the ProcessProtocol of one worker: it parses frames
+from the channel (the child's stdout), streams reply payloads and hands
+everything else to its supervisor as events; the child's stderr is its raw
+output, passed on line by line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from typing import TYPE_CHECKING
+
+from twisted.internet import error, protocol
+
+from modserver import channel
+from modserver.lifecycle import describe_exit
+
+if TYPE_CHECKING:
+    from modserver.supervisor import ModuleSupervisor
+
+# A line of raw output longer than this is passed on in pieces.
+MAX_OUTPUT_LINE = 64 * 1024
+
+# Output without a final newline (a prompt, a progress dot) is passed on
+# after this long without more output.
+PARTIAL_LINE_WAIT = 0.5
+
+# After a worker exits, how long to wait for its channel to close (a forked
+# grandchild may hold it open) before treating the worker as gone.
+CHANNEL_CLOSE_GRACE = 0.5
+
+
+def signal_group(pid: int, name: str) -> bool:
+    """Send SIGname to process group ``pid``; False if there is no such group.
+
+    Workers make themselves the leaders of their own process groups, so this
+    reaches whatever they started too.  Windows has no process groups.
+    """
+    number = getattr(signal, "SIG" + name, None)
+    if not hasattr(os, "killpg") or number is None:
+        return False
+    try:
+        os.killpg(pid, number)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+class WorkerProcess(protocol.ProcessProtocol):
+    """The server's end of one worker child: frames in and out, raw output."""
+
+    def __init__(self, supervisor: ModuleSupervisor) -> None:
+        self.supervisor = supervisor
+        self.group_signaller = supervisor.settings.signal_group
+        self.pid: int | None = None
+        self.exit_description: str | None = None
+        self.channel_closed = False
+        self.gone = False
+        self._parser = channel.FrameParser(self)
+        self._kind = None
+        self._chunks: list[bytes] = []
+        self._partial_line = b""
+        self._partial_call = None
+        self._grace_call = None
+
+    # Frames -----------------------------------------------------------
+
+    def send(self, *pieces: bytes) -> None:
+        """Write frame bytes to the worker (pieces avoid copying big requests)."""
+        if self.transport is not None and self.exit_description is None:
+            self.transport.writeSequence(list(pieces))
+
+    def frame_started(self, kind: int, flags: int, request_id: int, length: int) -> None:
+        self._kind = kind
+        if kind == channel.REPLY:
+            self.supervisor.worker_reply_started(self, flags, request_id)
+        else:
+            self._chunks = []
+
+    def frame_data(self, data: bytes) -> None:
+        if self._kind == channel.REPLY:
+            self.supervisor.worker_reply_data(self, data)
+        else:
+            self._chunks.append(data)
+
+    def frame_ended(self) -> None:
+        if self._kind == channel.REPLY:
+            self.supervisor.worker_reply_ended(self)
+            return
+        payload, self._chunks = b"".join(self._chunks), []
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            self.supervisor.worker_broken(self, "sent a malformed frame")
+            return
+        self.supervisor.worker_message(self, self._kind, message)
+
+    # ProcessProtocol --------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """The child is spawned."""
+        self.pid = self.transport.pid
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """fd 1 is the channel; fd 2 is everything the worker wrote as text."""
+        if childFD == 1:
+            self._parser.feed(data)
+        else:
+            self._output(data)
+
+    def childConnectionLost(self, childFD: int) -> None:
+        """A pipe closed; the channel closing means no reply can come any more."""
+        if childFD == 1:
+            self.channel_closed = True
+            if self.exit_description is not None:
+                self._gone()
+        elif childFD == 2:
+            if self._partial_call is not None and self._partial_call.active():
+                self._partial_call.cancel()
+            self._flush_partial_line()
+
+    def processExited(self, reason) -> None:
+        """The child exited; it is gone once its channel is closed too."""
+        value = reason.value
+        self.exit_description = describe_exit(
+            getattr(value, "exitCode", None), getattr(value, "signal", None)
+        )
+        if self.channel_closed:
+            self._gone()
+        else:
+            clock = self.supervisor.reactor
+            self._grace_call = clock.callLater(CHANNEL_CLOSE_GRACE, self._gone)
+
+    def _gone(self) -> None:
+        if self._grace_call is not None and self._grace_call.active():
+            self._grace_call.cancel()
+        self._grace_call = None
+        if not self.gone:
+            self.gone = True
+            self.supervisor.worker_gone(self, self.exit_description)
+
+    # Raw output -------------------------------------------------------
+
+    def _output(self, data: bytes) -> None:
+        lines = (self._partial_line + data).split(b"\n")
+        self._partial_line = lines.pop()
+        while len(self._partial_line) > MAX_OUTPUT_LINE:
+            lines.append(self._partial_line[:MAX_OUTPUT_LINE])
+            self._partial_line = self._partial_line[MAX_OUTPUT_LINE:]
+        for line in lines:
+            self.supervisor.worker_output(self, line)
+        if self._partial_call is not None and self._partial_call.active():
+            self._partial_call.cancel()
+        self._partial_call = None
+        if self._partial_line:
+            clock = self.supervisor.reactor
+            self._partial_call = clock.callLater(PARTIAL_LINE_WAIT, self._flush_partial_line)
+
+    def _flush_partial_line(self) -> None:
+        self._partial_call = None
+        if self._partial_line:
+            line, self._partial_line = self._partial_line, b""
+            self.supervisor.worker_output(self, line)
+
+    # Signals ----------------------------------------------------------
+
+    def signal(self, name: str) -> None:
+        """Send SIGname to the worker's process group, else to the worker alone.
+
+        Only while it runs: once it has exited its pid may belong to another.
+        """
+        if self.exit_description is not None or self.pid is None:
+            return
+        if self.group_signaller(self.pid, name):
+            return
+        try:
+            self.transport.signalProcess(name)  # not a group leader yet, or Windows
+        except error.ProcessExitedAlready:
+            pass
