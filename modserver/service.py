@@ -8,14 +8,16 @@ from dataclasses import dataclass, field
 
 from twisted.application import service, strports
 from twisted.internet import defer, error, task
-from twisted.logger import Logger
+from twisted.logger import LogLevel, globalLogPublisher
 
 import modserver
+from modserver import logs
 from modserver.config import Config, ConfigError, read_config
 from modserver.errors import ReplyError
 from modserver.protocol import ClientFactory
 from modserver.supervisor import ModuleSupervisor, WorkerSettings
 from modserver.watcher import FileWatch
+from modserver.web import StatusPage, StatusSite
 
 HELP_TEXT = """\
 modserver speaks one JSON message per line, each urlencoded (quote_plus) or,
@@ -50,13 +52,18 @@ class ServerSettings:
     keepalive_timeout: float = 1.0
     idle_timeout: float = 60.0
     poll_interval: float = 0.5  # seconds between looks at the config and module files
+    log_level: LogLevel = LogLevel.info
+    json_log: str | None = None  # path of a rotating JSON log
+    json_log_size: int = 10 * 1024 * 1024
+    json_log_count: int = 5
+    http: str | None = None  # endpoint of the status page
     workers: WorkerSettings = field(default_factory=WorkerSettings)
 
 
 class ModServer(service.MultiService):
     """Listens for clients and keeps one supervised worker per configured module."""
 
-    log = Logger()
+    log = logs.server_log
 
     def __init__(
         self, config: Config, settings: ServerSettings, reactor, demo: bool = False
@@ -79,9 +86,17 @@ class ModServer(service.MultiService):
         # Not child services: they must listen before anything else starts,
         # and exactly once under both twistd and twist (see _listen).
         self._listeners = [
-            (description, strports.service(description, self.factory, reactor))
+            ("clients", description, strports.service(description, self.factory, reactor))
             for description in settings.listen
         ]
+        if settings.http is not None:
+            site = StatusSite(StatusPage(self))
+            self._listeners.append(
+                ("status page", settings.http, strports.service(settings.http, site, reactor))
+            )
+        self.log_tail = logs.LogTail()
+        self._observers: list = []
+        self._json_stream = None
 
     # Service ----------------------------------------------------------------
 
@@ -93,6 +108,7 @@ class ModServer(service.MultiService):
     def startService(self) -> None:
         """Listen (if twistd did not already), then start every module's worker."""
         self._listen()
+        self._start_logging()
         super().startService()
         self._started_at = self.reactor.seconds()
         if self.demo:
@@ -118,15 +134,36 @@ class ModServer(service.MultiService):
         """Stop listening, then stop every worker (each gets its ``__exit__``)."""
         if self._poller.running:
             self._poller.stop()
-        listening = [defer.maybeDeferred(listener.stopService) for _, listener in self._listeners]
+        listening = [defer.maybeDeferred(listener.stopService) for *_, listener in self._listeners]
         children = super().stopService()
         reason = ReplyError("ServerStopping", "the server is shutting down")
         stopping = [s.stop(reason) for s in self.supervisors.values()]
         retiring = [d for waits in self._retiring.values() for d in waits]
-        return defer.gatherResults([*listening, children, *stopping, *retiring], consumeErrors=True)
+        done = defer.gatherResults([*listening, children, *stopping, *retiring], consumeErrors=True)
+        return done.addBoth(self._stop_logging)
+
+    def _start_logging(self) -> None:
+        logs.set_level(self.settings.log_level)
+        self._observers = [self.log_tail]
+        if self.settings.json_log:
+            observer, self._json_stream = logs.json_observer(
+                self.settings.json_log, self.settings.json_log_size, self.settings.json_log_count
+            )
+            self._observers.append(observer)
+        for observer in self._observers:
+            globalLogPublisher.addObserver(observer)
+
+    def _stop_logging(self, result):
+        for observer in self._observers:
+            globalLogPublisher.removeObserver(observer)
+        self._observers = []
+        if self._json_stream is not None:
+            self._json_stream.close()
+            self._json_stream = None
+        return result
 
     def _listen(self) -> None:
-        for description, listener in self._listeners:
+        for kind, description, listener in self._listeners:
             if listener.running:
                 continue
             try:
@@ -136,15 +173,15 @@ class ModServer(service.MultiService):
                 raise SystemExit(f"modserver: cannot listen on {description}: {reason}") from None
             except Exception as exc:
                 raise SystemExit(f"modserver: cannot listen on {description}: {exc}") from None
-            listener._waitingForPort.addCallback(self._listening)
+            listener._waitingForPort.addCallback(self._listening, kind)
 
-    def _listening(self, port):
+    def _listening(self, port, kind: str):
         address = port.getHost()
-        self.log.info(
-            "listening on {host}:{port}",
-            host=getattr(address, "host", address),
-            port=getattr(address, "port", ""),
-        )
+        host, number = getattr(address, "host", address), getattr(address, "port", "")
+        if kind == "status page":
+            self.log.info("status page on http://{host}:{port}/", host=host, port=number)
+        else:
+            self.log.info("listening on {host}:{port}", host=host, port=number)
         return port
 
     # What clients ask for ----------------------------------------------------
@@ -175,8 +212,13 @@ class ModServer(service.MultiService):
                 "listen": list(self.settings.listen),
                 "config_problems": list(self.config.problems),
             },
-            "modules": {n: self.supervisors[n].snapshot() for n in names},
+            "modules": {n: self._snapshot(n) for n in names},
         }
+
+    def _snapshot(self, name: str) -> dict:
+        snapshot = self.supervisors[name].snapshot()
+        snapshot["log"] = self.log_tail.lines(name)
+        return snapshot
 
     def reload_config(self) -> None:
         """Re-read the config file and apply it; ReplyError if it cannot be read."""
@@ -195,7 +237,7 @@ class ModServer(service.MultiService):
         supervisor = self.supervisors.get(name)
         if supervisor is None:
             return None
-        self.log.info("{module}: restart requested by a client", module=name)
+        logs.for_module(name).info("restart requested by a client", module=name)
         return supervisor.restart(when_idle=False)
 
     # Watching files ---------------------------------------------------------
@@ -257,15 +299,15 @@ class ModServer(service.MultiService):
                 supervisor = ModuleSupervisor(spec, self.settings.workers, self.reactor)
                 self._start_after_retired(supervisor)
             elif supervisor.spec != spec:
-                self.log.info(
-                    "{module}: config entry changed; restarting once idle", module=spec.name
+                logs.for_module(spec.name).info(
+                    "config entry changed; restarting once idle", module=spec.name
                 )
                 supervisor.update(spec)
             new[spec.name] = supervisor
         self.supervisors = new
         for name, supervisor in old.items():
             if name not in new:
-                self.log.info("{module}: removed from the config; stopping", module=name)
+                logs.for_module(name).info("removed from the config; stopping", module=name)
                 self._retire(supervisor)
 
     def _start_after_retired(self, supervisor: ModuleSupervisor) -> None:
@@ -273,9 +315,8 @@ class ModServer(service.MultiService):
         if not retiring:
             supervisor.start()
             return
-        self.log.info(
-            "{module}: waiting for its previous worker to stop before starting",
-            module=supervisor.name,
+        logs.for_module(supervisor.name).info(
+            "waiting for the previous worker to stop before starting", module=supervisor.name
         )
         gone = defer.DeferredList(list(retiring), consumeErrors=True)
         gone.addCallback(lambda _: self._start_if_current(supervisor))

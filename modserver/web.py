@@ -1,0 +1,200 @@
+"""The status page: ``/`` for people, ``/status.json`` for programs (twisted.web).
+
+The page is rendered here, once, from the same data as ``_status``; a few
+lines of script fetch fresh table rows every two seconds so it stays
+current without reloading (and without closing an expanded traceback).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+
+from twisted.web import resource, server
+
+REFRESH_MS = 2000
+
+_STYLE = """
+body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.4em; margin: 0 0 .2em; }
+.facts { color: #555; margin: 0 0 1em; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: .35em .6em; border-bottom: 1px solid #ddd;
+         vertical-align: top; }
+th { background: #f4f4f4; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.state { display: inline-block; padding: .1em .5em; border-radius: .8em; color: #fff;
+         font-weight: 600; }
+.ready { background: #2e7d32; } .busy { background: #1565c0; }
+.starting, .stopping { background: #8d6e63; } .backoff { background: #ef6c00; }
+.failed { background: #c62828; } .stopped { background: #757575; }
+details summary { cursor: pointer; }
+pre { white-space: pre-wrap; font-size: 12px; background: #f8f8f8; padding: .5em;
+      max-width: 60em; margin: .3em 0; }
+.problems { color: #c62828; }
+"""
+
+_SCRIPT = """
+function openKeys() {
+  return new Set([...document.querySelectorAll('details[open]')].map(d => d.dataset.key));
+}
+async function refresh() {
+  try {
+    const reply = await fetch('?part=live', {cache: 'no-store'});
+    if (!reply.ok) throw new Error(reply.status);
+    const open = openKeys();
+    document.getElementById('live').innerHTML = await reply.text();
+    document.querySelectorAll('details').forEach(d => {
+      if (open.has(d.dataset.key)) d.open = true;
+    });
+    document.getElementById('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
+  } catch (err) {
+    document.getElementById('updated').textContent = 'server not answering (' + err + ')';
+  }
+}
+setInterval(refresh, REFRESH_MS);
+""".replace("REFRESH_MS", str(REFRESH_MS))
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def _details(key: str, summary: str, body: str) -> str:
+    if not body:
+        return html.escape(summary)
+    return (
+        f'<details data-key="{html.escape(key)}"><summary>{html.escape(summary)}</summary>'
+        f"<pre>{html.escape(body)}</pre></details>"
+    )
+
+
+def render_row(name: str, module: dict) -> str:
+    """One module's table row."""
+    state = module["state"]
+    current = module.get("current_call")
+    doing = ""
+    if current:
+        doing = f"{current['function']}() for {current['seconds']:.1f} s from {current['client']}"
+    error = module.get("last_error")
+    error_cell = _details(f"{name}/error", error["reason"], error["traceback"]) if error else ""
+    log = module.get("log") or []
+    last = log[-1].splitlines()[0] if log else ""
+    log_cell = _details(f"{name}/log", last, "\n".join(log))
+    cells = [
+        f'<td class="name">{html.escape(name)}</td>',
+        f'<td><span class="state {html.escape(state)}">{html.escape(state)}</span></td>',
+        f'<td class="num pid">{module.get("pid") or ""}</td>',
+        f'<td class="num uptime">{_duration(module.get("uptime"))}</td>',
+        f'<td class="num restarts">{module.get("restarts", 0)}</td>',
+        f'<td class="num queue">{module.get("queue", 0)}</td>',
+        f'<td class="num calls">{module.get("calls_served", 0)}</td>',
+        f'<td class="current">{html.escape(doing)}</td>',
+        f'<td class="exit">{html.escape(module.get("last_exit") or "")}</td>',
+        f'<td class="error">{error_cell}</td>',
+        f'<td class="log">{log_cell}</td>',
+    ]
+    return (
+        f'<tr data-module="{html.escape(name)}" data-state="{html.escape(state)}">'
+        + "".join(cells)
+        + "</tr>"
+    )
+
+
+def render_rows(status: dict) -> str:
+    return "\n".join(render_row(name, module) for name, module in status["modules"].items())
+
+
+HEADINGS = [
+    "module",
+    "state",
+    "pid",
+    "up",
+    "restarts",
+    "queue",
+    "calls",
+    "current call",
+    "last exit",
+    "last error",
+    "recent log",
+]
+
+
+def render_live(status: dict) -> str:
+    """What the page refreshes: the server's facts and the modules' table."""
+    server = status["server"]
+    facts = [
+        f"modserver {server['version']}",
+        f"pid {server['pid']}",
+        f"up {_duration(server['uptime'])}",
+        f"config {server['config']}" + (" (bundled demo)" if server.get("demo") else ""),
+        "listening on " + ", ".join(server["listen"]),
+    ]
+    problems = "".join(f"<li>{html.escape(p)}</li>" for p in server.get("config_problems", []))
+    head = "".join(f"<th>{h}</th>" for h in HEADINGS)
+    return (
+        f'<p class="facts">{html.escape(" · ".join(facts))}</p>'
+        + (f'<ul class="problems">{problems}</ul>' if problems else "")
+        + f"<table><thead><tr>{head}</tr></thead><tbody>{render_rows(status)}</tbody></table>"
+    )
+
+
+def render_page(status: dict) -> str:
+    """The whole page."""
+    name = html.escape(status["server"]["name"])
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{name}: modserver status</title>
+<noscript><meta http-equiv="refresh" content="{REFRESH_MS // 1000}"></noscript>
+<style>{_STYLE}</style></head>
+<body>
+<h1>{name}</h1>
+<div id="live">{render_live(status)}</div>
+<p class="facts" id="updated">updated {time.strftime("%H:%M:%S")}</p>
+<script>{_SCRIPT}</script>
+</body></html>
+"""
+
+
+class StatusPage(resource.Resource):
+    """``/`` (the page; ``?part=rows`` for just its rows) and ``/status.json``."""
+
+    isLeaf = True  # noqa: N815 - twisted.web's name
+
+    def __init__(self, server) -> None:
+        super().__init__()
+        self.server = server
+
+    def render_GET(self, request) -> bytes:  # noqa: N802 - twisted.web's name
+        request.setHeader(b"Cache-Control", b"no-store")
+        status = self.server.status()
+        if request.path == b"/status.json":
+            request.setHeader(b"Content-Type", b"application/json")
+            return json.dumps(status).encode()
+        if request.path != b"/":
+            request.setResponseCode(404)
+            return b"not found"
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        if request.args.get(b"part") == [b"live"]:
+            return render_live(status).encode()
+        return render_page(status).encode()
+
+
+class StatusSite(server.Site):
+    """The status page's site, without a log line per request (it refreshes itself)."""
+
+    noisy = False
+
+    def log(self, request) -> None:
+        """Requests for the status page are not logged."""
