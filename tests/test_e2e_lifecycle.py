@@ -116,6 +116,10 @@ def test_a_module_in_a_crash_loop_backs_off_and_keeps_being_retried(tmp_path):
         assert status["restart_in"] > 1.0  # deaths 1, 2, 3: waits 0, 1, 2 s
         assert status["last_exit"] == "exit code 9"
         wait_for(lambda: srv.module_status("loop")["restarts"] >= 4, timeout=20, what="a retry")
+        log = srv.log()
+        assert "[loop#error] worker died unexpectedly (exit code 9); restarting now" in log
+        assert "[loop#error] worker died unexpectedly (exit code 9); restarting in 1 s" in log
+        assert "[loop#error] worker died unexpectedly (exit code 9); restarting in 2 s" in log
 
 
 # Hung calls ----------------------------------------------------------------------------
