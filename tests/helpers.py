@@ -167,10 +167,14 @@ class ServerProcess:
         self.process = subprocess.Popen(
             command, cwd=self.directory, stdout=self._log, stderr=subprocess.STDOUT
         )
-        match = wait_for(self._listening, what="the server to listen")
-        self.port = int(match.group(1))
-        if wait_ready:
-            self.wait_settled()
+        try:
+            match = wait_for(self._listening, what="the server to listen")
+            self.port = int(match.group(1))
+            if wait_ready:
+                self.wait_settled()
+        except BaseException:
+            self.stop(signal.SIGKILL)  # no `with` block will run to stop it
+            raise
         return self
 
     def _listening(self):
