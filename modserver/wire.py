@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import math
 import re
 import urllib.parse
 
@@ -102,15 +103,35 @@ def _to_json(value):
     raise TypeError("values of type %r cannot be sent as JSON" % type(value).__name__)
 
 
+def _finite(value):
+    """``value`` with NaN and infinities replaced by None, containers walked."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    tolist = getattr(value, "tolist", None)
+    if tolist is not None and callable(tolist):
+        return _finite(tolist())
+    return value
+
+
 def reply_body(response, error: bool = False, traceback: str = "", plain: bool = False):
     """Encode a reply without its newline (the caller writes that separately).
 
-    Raises TypeError or ValueError when ``response`` cannot be encoded.
+    NaN and infinities become null: JSON has no such numbers, and MATLAB's
+    jsondecode reads null in a numeric array as NaN.  Raises TypeError or
+    ValueError when ``response`` cannot be encoded.
     """
-    text = json.dumps(
-        {"response": response, "error": error, "traceback": traceback},
-        default=_to_json,
-    )
+    reply = {"response": response, "error": error, "traceback": traceback}
+    try:
+        text = json.dumps(reply, default=_to_json, allow_nan=False)
+    except ValueError as exc:
+        if "Out of range float" not in str(exc):
+            raise  # a circular reference, say
+        reply["response"] = _finite(response)
+        text = json.dumps(reply, default=_to_json, allow_nan=False)
     data = text.encode("ascii")
     return data if plain else quote_plus(data)
 

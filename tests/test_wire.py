@@ -530,7 +530,7 @@ json_values = st.recursive(
         st.none(),
         st.booleans(),
         st.integers(),
-        st.floats(allow_nan=False),
+        st.floats(allow_nan=False, allow_infinity=False),
         st.text(),
     ),
     lambda children: st.one_of(
@@ -559,14 +559,34 @@ def test_encode_reply_turns_tuples_into_lists():
     assert decode_reply(line)["response"] == [1, [2, "three"]]
 
 
-def test_encode_reply_writes_nan_and_infinity_like_json_dumps():
-    line = wire.encode_reply([float("nan"), float("inf"), float("-inf")], plain=True)
-    assert b"[NaN, Infinity, -Infinity]" in line
-    response = decode_reply(line, plain=True)["response"]
-    assert response[0] != response[0]  # NaN
-    assert response[1:] == [float("inf"), float("-inf")]
-    quoted = decode_reply(wire.encode_reply(float("nan")))["response"]
-    assert quoted != quoted
+def _strict_loads(text):
+    """Standard JSON only, as MATLAB's jsondecode takes it: no NaN or Infinity tokens."""
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_encode_reply_sends_nan_and_infinity_as_null():
+    line = wire.encode_reply([float("nan"), float("inf"), float("-inf"), 1.5], plain=True)
+    assert _strict_loads(line)["response"] == [None, None, None, 1.5]
+    nested = wire.encode_reply({"a": (float("nan"), [float("inf")])})
+    assert _strict_loads(urllib.parse.unquote_plus(nested[:-1].decode()))["response"] == {
+        "a": [None, [None]]
+    }
+
+
+@settings(max_examples=200)
+@given(
+    st.recursive(
+        st.floats() | st.integers() | st.text(max_size=5),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=4), c, max_size=4),
+        max_leaves=15,
+    )
+)
+def test_every_reply_is_standard_json(value):
+    _strict_loads(wire.encode_reply(value, plain=True))
 
 
 def test_encode_reply_of_non_ascii_text_is_ascii_and_round_trips():
@@ -629,10 +649,12 @@ def test_encode_reply_of_zero_dimensional_arrays_are_scalars():
     assert decode_reply(wire.encode_reply(response))["response"] == [3.5, 4, True]
 
 
-def test_encode_reply_of_numpy_nan_is_nan_token():
+def test_encode_reply_of_numpy_nan_is_null():
     np = pytest.importorskip("numpy")
     line = wire.encode_reply(np.array([np.nan, 1.0]), plain=True)
-    assert b"[NaN, 1.0]" in line
+    assert b"[null, 1.0]" in line
+    line = wire.encode_reply(np.float32("inf"), plain=True)
+    assert b'"response": null' in line
 
 
 def test_encode_reply_of_numpy_object_inside_array_names_the_type():
