@@ -1,0 +1,205 @@
+"""A client for Twisted programs: the blocking client's calls, returning Deferreds.
+
+    from modserver.async_client import AsyncClient
+
+    lab = AsyncClient("lab-pc")
+    wavelength = await lab.com("laser", "set_wavelength", 795.5)   # in an async def
+    session = await lab.session("stage")
+    await session.move(1.0)
+    await session.close()
+
+Errors are those of modserver.client: ServerError for an error reply,
+ConnectionFailed and ReplyTimeout when the server is out of reach.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+
+from twisted.internet import defer, endpoints, error
+from twisted.internet.protocol import Factory
+
+from modserver import wire
+from modserver.client import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_TIMEOUT,
+    ClientError,
+    ConnectionFailed,
+    ReplyTimeout,
+    ServerError,
+)
+from modserver.lines import ChunkedLineReceiver
+
+
+class _LineClient(ChunkedLineReceiver):
+    """Sends messages and pairs each reply line with the Deferred waiting for it."""
+
+    MAX_LENGTH = 2 * 1024**3
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.waiting: collections.deque[defer.Deferred] = collections.deque()
+        self.lost = False
+
+    def ask(self, message: dict) -> defer.Deferred:
+        """Send ``message``; the Deferred fires with the reply's response."""
+        waiting = defer.Deferred()
+        if self.lost:
+            waiting.errback(ConnectionFailed("the connection is closed"))
+            return waiting
+        self.waiting.append(waiting)
+        self.transport.write(wire.quote_plus(json.dumps(message).encode("utf-8")) + b"\n")
+        return waiting
+
+    def send(self, message: dict) -> None:
+        """Send ``message`` expecting no reply."""
+        if not self.lost:
+            self.transport.write(wire.quote_plus(json.dumps(message).encode("utf-8")) + b"\n")
+
+    def lineReceived(self, line: bytes) -> None:
+        """A reply: fire the oldest waiter with it."""
+        if not self.waiting:
+            return
+        waiting = self.waiting.popleft()
+        try:
+            reply = json.loads(wire.unquote_plus(line))
+        except ValueError as exc:
+            waiting.errback(ClientError(f"the server sent a line that is not JSON: {exc}"))
+            return
+        if reply.get("error"):
+            waiting.errback(ServerError(str(reply.get("response")), reply.get("traceback") or ""))
+        else:
+            waiting.callback(reply.get("response"))
+
+    def connectionLost(self, reason=None) -> None:
+        """Every reply still awaited will not come."""
+        self.lost = True
+        waiting, self.waiting = self.waiting, collections.deque()
+        for each in waiting:
+            each.errback(ConnectionFailed("the server closed the connection before replying"))
+
+
+class AsyncClient:
+    """A modserver client for Twisted programs; each call opens its own connection."""
+
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                 timeout: float = DEFAULT_TIMEOUT, reactor=None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.reactor = reactor
+
+    async def _connect(self, timeout: float) -> _LineClient:
+        endpoint = endpoints.HostnameEndpoint(self.reactor, self.host, self.port, timeout=timeout)
+        try:
+            return await endpoint.connect(Factory.forProtocol(_LineClient))
+        except (error.ConnectError, error.DNSLookupError) as exc:
+            where = f"{self.host}:{self.port}"
+            if isinstance(exc, error.TimeoutError):
+                raise ReplyTimeout(f"no connection to modserver at {where} within {timeout:g} s")
+            raise ConnectionFailed(f"cannot connect to modserver at {where}: {exc}") from None
+
+    async def _ask(self, proto: _LineClient, message: dict, what: str, timeout: float):
+        answer = proto.ask(message)
+        answer.addTimeout(timeout, self.reactor)
+        try:
+            return await answer
+        except defer.TimeoutError:
+            proto.transport.loseConnection()
+            raise ReplyTimeout(
+                f"no reply from modserver at {self.host}:{self.port} within {timeout:g} s "
+                f"while {what}"
+            ) from None
+
+    def _hello(self, name: str, what: str) -> defer.Deferred:
+        async def run():
+            proto = await self._connect(self.timeout)
+            try:
+                return await self._ask(proto, {"name": name}, what, self.timeout)
+            finally:
+                proto.transport.loseConnection()
+
+        return defer.Deferred.fromCoroutine(run())
+
+    def ping(self) -> defer.Deferred:
+        """``[your ip, your port]`` as the server sees them."""
+        return self._hello("_ping", "waiting for the answer to _ping")
+
+    def help(self) -> defer.Deferred:
+        return self._hello("_help", "waiting for the help text")
+
+    def get_modules(self, prefix: str = "") -> defer.Deferred:
+        return self._hello("_get_modules." + prefix, "waiting for the module list")
+
+    def status(self, module: str | None = None) -> defer.Deferred:
+        return self._hello("_status" if module is None else "_status." + module,
+                           "waiting for the status")
+
+    def reload(self, module: str = "") -> defer.Deferred:
+        """Restart ``module``'s worker (no name: re-read the config); fails for no such module."""
+        encoded = wire.quote_plus(module.encode("utf-8")).decode("ascii")
+        answer = self._hello("_reload_" + encoded, f"waiting for the reload of {module!r}")
+
+        def check(text):
+            if module and text == f'Failed to find module "{module}"':
+                raise ServerError(text)
+            return text
+
+        return answer.addCallback(check)
+
+    def com(self, module: str, funcname: str = "_help", *args,
+            timeout: float | None = None) -> defer.Deferred:
+        """Call ``funcname(*args)`` on ``module``; fires with what it returned."""
+        async def run():
+            session = await self.session(module)
+            try:
+                return await session.call(funcname, *args, timeout=timeout, keep_alive=False)
+            finally:
+                session.close()
+
+        return defer.Deferred.fromCoroutine(run())
+
+    def session(self, module: str) -> defer.Deferred:
+        """Fires with an AsyncSession: a keep-alive connection holding ``module``."""
+        async def run():
+            proto = await self._connect(self.timeout)
+            try:
+                await self._ask(proto, {"name": module},
+                                f"waiting for {module} to acknowledge", self.timeout)
+            except BaseException:
+                proto.transport.loseConnection()
+                raise
+            return AsyncSession(self, module, proto)
+
+        return defer.Deferred.fromCoroutine(run())
+
+
+class AsyncSession:
+    """Several calls to one module over one connection (see client.Session)."""
+
+    def __init__(self, client: AsyncClient, module: str, proto: _LineClient) -> None:
+        self.client = client
+        self.module = module
+        self._proto = proto
+
+    def call(self, function: str, *args, timeout: float | None = None,
+             keep_alive: bool = True) -> defer.Deferred:
+        """Call ``function(*args)`` on the module; fires with its result."""
+        request = {"function": function, "args": list(args), "keep_alive": keep_alive}
+        wait = self.client.timeout if timeout is None else timeout
+        what = f"waiting for {self.module}.{function}()"
+        return defer.Deferred.fromCoroutine(self.client._ask(self._proto, request, what, wait))
+
+    def __getattr__(self, function: str):
+        if function.startswith("_"):
+            raise AttributeError(function)
+        return lambda *args, timeout=None: self.call(function, *args, timeout=timeout)
+
+    def close(self) -> None:
+        """Say goodbye and close the connection."""
+        self._proto.send({"function": None, "args": [], "keep_alive": False})
+        self._proto.transport.loseConnection()

@@ -1,0 +1,439 @@
+"""A blocking Python client for modserver (and the original ModuleServer).
+
+Standard library only, so it runs in a bare Python on any lab PC (3.7 or
+newer); copy this one file if the package is not installed::
+
+    from modserver.client import Client
+    lab = Client("lab-pc")
+    lab.com("laser", "set_wavelength", 795.5)
+    with lab.session("stage") as stage:     # one connection, the stage is ours
+        stage.move(1.0)
+        position = stage.position()
+    lab.module("wavemeter").GetWavelength(1)
+
+Code written for ModuleServer's ``client.py`` keeps working after changing
+its import: ``from modserver.client import client``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import select
+import socket
+import sys
+
+try:  # the package's fast codec, when the package is installed
+    from modserver.wire import quote_plus as _quote
+    from modserver.wire import unquote_plus as _unquote
+except ImportError:  # this file on its own
+    import urllib.parse
+
+    def _quote(data: bytes) -> bytes:
+        return urllib.parse.quote_plus(data).encode("ascii")
+
+    def _unquote(data: bytes) -> str:
+        return urllib.parse.unquote_to_bytes(data.replace(b"+", b" ")).decode("utf-8", "replace")
+
+
+DEFAULT_HOST = "localhost"
+DEFAULT_PORT = 36577
+DEFAULT_TIMEOUT = 2.0
+
+__all__ = [
+    "Client",
+    "ClientError",
+    "ConnectionFailed",
+    "ModuleProxy",
+    "ReplyTimeout",
+    "ServerError",
+    "Session",
+    "client",
+]
+
+
+class ClientError(Exception):
+    """Anything that kept a call from being answered."""
+
+
+class ServerError(ClientError):
+    """The server answered with an error reply.
+
+    ``reason`` is its one line (``"ValueError: out of range"``), ``kind`` the
+    type it names, ``traceback`` where it came from (the module's code, or
+    the server's).
+    """
+
+    def __init__(self, reason: str, traceback: str = "") -> None:
+        self.reason = reason
+        self.kind = reason.split(":", 1)[0]
+        self.traceback = traceback
+        lines = traceback.strip().replace("\n", "\n|")
+        super().__init__("Server Error: " + reason + ("\n|" + lines if lines else ""))
+
+
+class ConnectionFailed(ClientError, ConnectionError):
+    """The server could not be reached, or hung up without answering."""
+
+
+class ReplyTimeout(ClientError, TimeoutError):
+    """The server did not answer in time."""
+
+
+class _Connection:
+    """One TCP connection speaking the line protocol (URL-encoded, as the original)."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.where = "%s:%s" % (host, port)
+        try:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+        except socket.timeout:
+            raise ReplyTimeout(
+                "no connection to modserver at %s within %g s" % (self.where, timeout)
+            ) from None
+        except OSError as exc:
+            raise ConnectionFailed(
+                "cannot connect to modserver at %s: %s" % (self.where, exc.strerror or exc)
+            ) from None
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.timeout = timeout
+        self._pending = b""
+
+    def send(self, message: dict) -> None:
+        self.sock.sendall(_quote(json.dumps(message).encode("utf-8")) + b"\n")
+
+    def receive(self, what: str, timeout: float = None):
+        """Read one reply; its response, or ServerError for an error reply."""
+        timeout = self.timeout if timeout is None else timeout
+        self.sock.settimeout(timeout)
+        chunks, data = [], self._pending
+        try:
+            while b"\n" not in data:
+                if data:
+                    chunks.append(data)
+                data = self.sock.recv(1 << 20)
+                if not data:
+                    raise ConnectionFailed(
+                        "modserver at %s closed the connection while %s" % (self.where, what)
+                    )
+        except socket.timeout:
+            raise ReplyTimeout(
+                "no reply from modserver at %s within %g s while %s" % (self.where, timeout, what)
+            ) from None
+        except OSError as exc:
+            raise ConnectionFailed(
+                "lost the connection to modserver at %s while %s: %s" % (self.where, what, exc)
+            ) from None
+        end = data.index(b"\n")
+        chunks.append(data[:end])
+        self._pending = data[end + 1 :]
+        reply = json.loads(_unquote(b"".join(chunks)))
+        if reply.get("error"):
+            raise ServerError(str(reply.get("response")), reply.get("traceback") or "")
+        return reply.get("response")
+
+    def ask(self, message: dict, what: str, timeout: float = None):
+        self.send(message)
+        return self.receive(what, timeout)
+
+    def closed_by_server(self) -> bool:
+        """True if the server has closed its end (idle keep-alive, after an error)."""
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        if not readable:
+            return False
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Client:
+    """Talks to one modserver; each call opens its own connection.
+
+    ``timeout`` (seconds) bounds connecting and each wait for a reply; slow
+    module calls can take a longer one (``com(..., timeout=30)``).
+    """
+
+    def __init__(
+        self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return "Client(%r, %r, timeout=%r)" % (self.host, self.port, self.timeout)
+
+    def _connect(self, timeout: float = None) -> _Connection:
+        return _Connection(self.host, self.port, self.timeout if timeout is None else timeout)
+
+    def _hello(self, name: str, what: str):
+        connection = self._connect()
+        try:
+            return connection.ask({"name": name}, what)
+        finally:
+            connection.close()
+
+    def ping(self) -> list:
+        """``[your ip, your port]`` as the server sees them."""
+        return self._hello("_ping", "waiting for the answer to _ping")
+
+    def help(self) -> str:
+        """The server's help text, listing its modules."""
+        return self._hello("_help", "waiting for the help text")
+
+    def get_modules(self, prefix: str = "") -> list:
+        """The names of the configured modules that start with ``prefix``."""
+        return self._hello("_get_modules." + prefix, "waiting for the module list")
+
+    def status(self, module: str = None) -> dict:
+        """The state of the server and its modules (or of one module)."""
+        name = "_status" if module is None else "_status." + module
+        return self._hello(name, "waiting for the status")
+
+    def reload(self, module: str = "") -> str:
+        """Restart ``module``'s worker (or re-read the config with no name).
+
+        Raises ServerError if there is no such module, as the original did.
+        """
+        encoded = _quote(module.encode("utf-8")).decode("ascii")
+        answer = self._hello("_reload_" + encoded, "waiting for the reload of %r" % module)
+        if module and answer == 'Failed to find module "%s"' % module:
+            raise ServerError(answer)
+        return answer
+
+    def com(self, module: str, funcname: str = "_help", *args, timeout: float = None):
+        """Call ``funcname(*args)`` on ``module`` and return what it returned.
+
+        With no function, the module's help text.  ``timeout``: seconds to
+        wait for this reply instead of the client's timeout.
+        """
+        what = "waiting for %s.%s()" % (module, funcname)
+        connection = self._connect()
+        try:
+            acked = connection.ask({"name": module}, "waiting for %s to acknowledge" % module)
+            if acked != "ack":
+                raise ClientError("unexpected answer to the hello for %s: %r" % (module, acked))
+            request = {"function": funcname, "args": list(args), "keep_alive": False}
+            return connection.ask(request, what, timeout)
+        finally:
+            connection.close()
+
+    def session(self, module: str, timeout: float = None) -> Session:
+        """A keep-alive connection to ``module`` for several calls (use with ``with``)."""
+        return Session(self, module, timeout)
+
+    def module(self, module: str) -> ModuleProxy:
+        """An object whose methods call ``module``'s, one connection per call."""
+        return ModuleProxy(self, module)
+
+
+class ModuleProxy:
+    """``lab.module("laser").set_wavelength(795)`` calls ``laser.set_wavelength(795)``.
+
+    Call it with a name for functions that are not valid attribute names,
+    or for the module's help: ``proxy("_help")``.
+    """
+
+    def __init__(self, client: Client, module: str) -> None:
+        self._client = client
+        self._module = module
+
+    def __call__(self, function: str, *args, timeout: float = None):
+        return self._client.com(self._module, function, *args, timeout=timeout)
+
+    def __getattr__(self, function: str):
+        if function.startswith("_"):
+            raise AttributeError(function)
+
+        def call(*args, timeout: float = None):
+            return self._client.com(self._module, function, *args, timeout=timeout)
+
+        call.__name__ = function
+        return call
+
+    def __repr__(self) -> str:
+        return "<module %r on %s:%s>" % (self._module, self._client.host, self._client.port)
+
+
+class Session:
+    """Several calls to one module over one connection, which holds the module.
+
+    While the connection is open the module serves nobody else. The server
+    closes it after an error reply, or when it idles longer than its
+    keep-alive timeout (1 s by default); the next call then opens a new one.
+    """
+
+    def __init__(self, client: Client, module: str, timeout: float = None) -> None:
+        self.client = client
+        self.module = module
+        self.timeout = client.timeout if timeout is None else timeout
+        self._connection = None
+
+    def __enter__(self) -> Session:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Connect and say hello (done by the first call if not done before)."""
+        if self._connection is not None and not self._connection.closed_by_server():
+            return
+        self._drop()
+        connection = self.client._connect(self.timeout)
+        try:
+            connection.ask({"name": self.module}, "waiting for %s to acknowledge" % self.module)
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+
+    def call(self, function: str, *args, timeout: float = None):
+        """Call ``function(*args)`` on the module and return its result."""
+        self.open()
+        request = {"function": function, "args": list(args), "keep_alive": True}
+        what = "waiting for %s.%s()" % (self.module, function)
+        try:
+            return self._connection.ask(request, what, timeout)
+        except ServerError:
+            self._drop()  # the server closes the connection after an error reply
+            raise
+        except ClientError:
+            self._drop()
+            raise
+
+    def __getattr__(self, function: str):
+        if function.startswith("_"):
+            raise AttributeError(function)
+
+        def call(*args, timeout: float = None):
+            return self.call(function, *args, timeout=timeout)
+
+        call.__name__ = function
+        return call
+
+    def close(self) -> None:
+        """Say goodbye and close the connection (the module is free again)."""
+        if self._connection is not None:
+            try:
+                self._connection.send({"function": None, "args": [], "keep_alive": False})
+            except OSError:
+                pass
+        self._drop()
+
+    def _drop(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+# ModuleServer's client class, under its name: same methods, same returns.
+client = Client
+
+
+# The command line: modserver-client (or python client.py) --------------------------
+
+EXIT_SERVER_ERROR = 1
+EXIT_UNREACHABLE = 3
+
+
+def _argument(text: str):
+    """A command-line argument: JSON when it parses (5, 1.5, true, [1,2]), else text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modserver-client",
+        description="Talk to a modserver (or ModuleServer) from the shell.",
+        epilog="Arguments of 'call' are read as JSON when they parse (5, 2.5, true, "
+        'null, [1,2], "text") and as plain text otherwise. Exit status: 0 done, '
+        "1 the server answered with an error, 3 the server could not be reached or "
+        "did not answer in time.",
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST, help="server host (%(default)s)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="server port (%(default)s)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds to wait for an answer (%(default)s)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the response as one line of JSON"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    commands.add_parser("ping", help="check the server answers; prints your address")
+    commands.add_parser("help", help="the server's help text and module list")
+    modules = commands.add_parser("modules", help="list the module names")
+    modules.add_argument("prefix", nargs="?", default="", help="only names starting with this")
+    reload = commands.add_parser("reload", help="restart a module (or re-read the config)")
+    reload.add_argument("name", nargs="?", default="", help="the module (none: the config)")
+    status = commands.add_parser("status", help="the state of the server and its modules")
+    status.add_argument("name", nargs="?", help="just this module")
+    call = commands.add_parser("call", help="call a module's function and print the result")
+    call.add_argument("module")
+    call.add_argument("function")
+    call.add_argument("args", nargs="*", metavar="ARG")
+    return parser
+
+
+def _run(lab: Client, options):
+    command = options.command
+    if command == "ping":
+        return lab.ping()
+    if command == "help":
+        return lab.help()
+    if command == "modules":
+        return lab.get_modules(options.prefix)
+    if command == "reload":
+        return lab.reload(options.name)
+    if command == "status":
+        return lab.status(options.name)
+    return lab.com(options.module, options.function, *map(_argument, options.args))
+
+
+def _show(command: str, response, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(response)
+    if isinstance(response, str):
+        return response
+    if command == "ping":
+        return "%s:%s" % tuple(response)
+    if command == "modules":
+        return "\n".join(response)
+    return json.dumps(response, indent=2)
+
+
+def main(argv=None) -> int:
+    """Entry point of ``modserver-client``; returns the exit status."""
+    options = _parser().parse_args(argv)
+    lab = Client(options.host, options.port, options.timeout)
+    try:
+        response = _run(lab, options)
+    except ServerError as exc:
+        sys.stderr.write("error: %s\n" % exc.reason)
+        if exc.traceback and exc.traceback.strip() != exc.reason:
+            sys.stderr.write(
+                exc.traceback if exc.traceback.endswith("\n") else exc.traceback + "\n"
+            )
+        return EXIT_SERVER_ERROR
+    except ClientError as exc:
+        sys.stderr.write("error: %s\n" % exc)
+        return EXIT_UNREACHABLE
+    text = _show(options.command, response, options.json)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The async client in Twisted's reactor, against a real server in another process."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+
+from modserver.async_client import AsyncClient, AsyncSession
+from modserver.client import ConnectionFailed, ReplyTimeout, ServerError
+from tests.helpers import ServerProcess
+
+CONFIG = {"basic": ["basic", "Basic", None], "dispatcher": ["dispatcher", "Dispatcher", "handle"]}
+BOUND = 15  # seconds any awaited result may take
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with ServerProcess(tmp_path_factory.mktemp("async"), CONFIG).start() as srv:
+        yield srv
+
+
+@pytest.fixture
+def lab(server):
+    return AsyncClient("127.0.0.1", server.port, timeout=5)
+
+
+def bounded(d: defer.Deferred) -> defer.Deferred:
+    return d.addTimeout(BOUND, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_hellos(lab):
+    ip, _ = await bounded(lab.ping())
+    assert ip == "127.0.0.1"
+    assert (await bounded(lab.help())).startswith("Available modules: basic, dispatcher")
+    assert await bounded(lab.get_modules("d")) == ["dispatcher"]
+    assert list((await bounded(lab.status("basic")))["modules"]) == ["basic"]
+    assert await bounded(lab.reload("basic")) == 'Reloaded "basic"'
+    assert await bounded(lab.reload()) == "Reloaded config"
+
+
+@pytest_twisted.ensureDeferred
+async def test_com(lab):
+    assert await bounded(lab.com("basic", "add", 40, 2)) == 42
+    assert (await bounded(lab.com("dispatcher", "F", 1)))["args"] == [1]
+    assert "add(a, b)" in await bounded(lab.com("basic"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_errors(lab):
+    with pytest.raises(ServerError) as caught:
+        await bounded(lab.com("basic", "boom", "async"))
+    assert (
+        caught.value.reason == "ValueError: async" and "raise ValueError" in caught.value.traceback
+    )
+    with pytest.raises(ServerError):
+        await bounded(lab.reload("nope"))
+    with pytest.raises(ReplyTimeout) as caught:
+        await bounded(lab.com("basic", "sleep", 2, timeout=0.3))
+    assert "within 0.3 s while waiting for basic.sleep()" in str(caught.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable(lab):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    with pytest.raises(ConnectionFailed) as caught:
+        await bounded(AsyncClient("127.0.0.1", port).ping())
+    assert f"127.0.0.1:{port}" in str(caught.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_session(server, lab):
+    session = await bounded(lab.session("basic"))
+    assert isinstance(session, AsyncSession)
+    first = await bounded(session.counter())
+    second = await bounded(session.call("counter"))
+    assert second == first + 1
+    assert await bounded(session.pid()) == await bounded(session.pid())
+    session.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_run_concurrently_across_modules(lab):
+    results = await bounded(
+        defer.gatherResults(
+            [
+                lab.com("basic", "sleep", 0.5),
+                lab.com("dispatcher", "x"),
+                lab.com("basic", "add", 1, 1),
+            ]
+        )
+    )
+    assert results[0] == 0.5 and results[2] == 2

@@ -1,0 +1,122 @@
+"""modserver-client: outputs and exit statuses against a real server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from modserver import client
+from tests.helpers import ServerProcess
+
+CONFIG = {"basic": ["basic", "Basic", None], "broken": ["broken_import", "Broken", None]}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with ServerProcess(tmp_path_factory.mktemp("cli"), CONFIG).start() as srv:
+        yield srv
+
+
+def command() -> list[str]:
+    script = shutil.which("modserver-client")
+    return [script] if script else [sys.executable, "-m", "modserver.client"]
+
+
+def run(server, *args):
+    result = subprocess.run(
+        [*command(), "--host", "127.0.0.1", "--port", str(server.port), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_ping(server):
+    code, out, err = run(server, "ping")
+    assert code == 0 and err == ""
+    assert out.startswith("127.0.0.1:")
+
+
+def test_help_and_modules(server):
+    assert run(server, "help")[1].startswith("Available modules: basic, broken")
+    assert run(server, "modules") == (0, "basic\nbroken\n", "")
+    assert run(server, "modules", "br") == (0, "broken\n", "")
+    assert run(server, "--json", "modules") == (0, '["basic", "broken"]\n', "")
+
+
+def test_reload(server):
+    assert run(server, "reload", "basic") == (0, 'Reloaded "basic"\n', "")
+    assert run(server, "reload") == (0, "Reloaded config\n", "")
+    code, out, err = run(server, "reload", "nope")
+    assert code == 1 and out == "" and err == 'error: Failed to find module "nope"\n'
+
+
+def test_status(server):
+    code, out, _ = run(server, "status", "basic")
+    assert code == 0 and json.loads(out)["modules"]["basic"]["state"] in ("ready", "busy")
+    code, out, _ = run(server, "--json", "status")
+    assert len(out.splitlines()) == 1 and "broken" in json.loads(out)["modules"]
+
+
+def test_call_parses_arguments_as_json_when_they_parse(server):
+    code, out, _ = run(
+        server,
+        "--json",
+        "call",
+        "basic",
+        "echo",
+        "5",
+        "2.5",
+        "true",
+        "null",
+        "[1, 2]",
+        '"7"',
+        "plain text",
+    )
+    assert code == 0
+    assert json.loads(out) == [5, 2.5, True, None, [1, 2], "7", "plain text"]
+    assert run(server, "call", "basic", "add", "2", "3") == (0, "5\n", "")
+    assert run(server, "call", "basic", "echo", "x")[1] == '[\n  "x"\n]\n'
+
+
+def test_a_server_error_exits_1_with_the_reason_on_stderr(server):
+    code, out, err = run(server, "call", "basic", "boom", "broken laser")
+    assert code == 1 and out == ""
+    lines = err.splitlines()
+    assert lines[0] == "error: ValueError: broken laser"
+    assert lines[1] == "Traceback (most recent call last):"
+
+
+def test_an_unreachable_server_exits_3(tmp_path):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    result = subprocess.run(
+        [*command(), "--port", str(port), "--host", "127.0.0.1", "ping"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3
+    assert result.stderr.startswith(f"error: cannot connect to modserver at 127.0.0.1:{port}")
+
+
+def test_a_timeout_exits_3_and_says_what_it_waited_for(server):
+    code, _, err = run(server, "--timeout", "0.3", "call", "basic", "sleep", "2")
+    assert code == 3 and "within 0.3 s while waiting for basic.sleep()" in err
+
+
+def test_usage_errors_exit_2(server):
+    assert run(server, "launch")[0] == 2
+
+
+def test_main_returns_the_status_for_use_from_python(server, capsys):
+    assert client.main(["--host", "127.0.0.1", "--port", str(server.port), "ping"]) == 0
+    assert capsys.readouterr().out.startswith("127.0.0.1:")

@@ -1,0 +1,184 @@
+"""The blocking client, its ModuleServer-compatible name, sessions and proxies."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from modserver.client import (
+    Client,
+    ClientError,
+    ConnectionFailed,
+    ModuleProxy,
+    ReplyTimeout,
+    ServerError,
+    client,
+)
+from tests.helpers import ServerProcess, wait_for
+
+CONFIG = {
+    "basic": ["basic", "Basic", None],
+    "dispatcher": ["dispatcher", "Dispatcher", "handle"],
+    "odd name": ["basic", "Basic", None],
+    "broken": ["broken_import", "Broken", None],
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with ServerProcess(tmp_path_factory.mktemp("client"), CONFIG).start() as srv:
+        yield srv
+
+
+@pytest.fixture
+def lab(server):
+    return Client("127.0.0.1", server.port, timeout=5)
+
+
+def free_port() -> int:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+# ModuleServer's client, under its own name ----------------------------------------
+
+
+def test_the_original_name_and_signature_work(server):
+    old = client("127.0.0.1", server.port)
+    assert old.timeout == 2  # the original's default
+    assert old.com("basic", "add", 1, 2) == 3
+
+
+def test_compatible_return_values(server):
+    old = client(host="127.0.0.1", port=server.port)
+    ip, port = old.ping()
+    assert ip == "127.0.0.1" and isinstance(port, int)
+    assert old.help().startswith("Available modules: basic, dispatcher, odd name, broken\n\n")
+    assert old.get_modules() == ["basic", "dispatcher", "odd name", "broken"]
+    assert old.get_modules("b") == ["basic", "broken"]
+    assert old.reload("basic") == 'Reloaded "basic"'
+    assert old.com("basic", "echo", "ay", 1, False, None) == ["ay", 1, False, None]
+    assert "add(a, b) - Return a + b." in old.com("basic")  # funcname defaults to _help
+
+
+def test_compatible_reload_raises_for_an_unknown_module(server):
+    with pytest.raises(Exception) as caught:
+        client("127.0.0.1", server.port).reload("nope")
+    assert str(caught.value) == 'Server Error: Failed to find module "nope"'
+
+
+# Client ---------------------------------------------------------------------------------
+
+
+def test_reload_of_the_config_and_of_a_name_needing_encoding(lab):
+    assert lab.reload() == "Reloaded config"
+    assert lab.reload("odd name") == 'Reloaded "odd name"'
+
+
+def test_status(lab):
+    status = lab.status()
+    assert list(status["modules"]) == ["basic", "dispatcher", "odd name", "broken"]
+    assert list(lab.status("basic")["modules"]) == ["basic"]
+
+
+def test_com_direct_and_dispatched(lab):
+    assert lab.com("basic", "add", 20, 22) == 42
+    assert lab.com("dispatcher", "Go", 1) == {
+        "client_ip": "127.0.0.1",
+        "function": "Go",
+        "args": [1],
+    }
+
+
+def test_error_replies_raise_server_error_with_reason_and_traceback(lab):
+    with pytest.raises(ServerError) as caught:
+        lab.com("basic", "boom", "bad wavelength")
+    err = caught.value
+    assert err.reason == "ValueError: bad wavelength" and err.kind == "ValueError"
+    assert "raise ValueError(message)" in err.traceback
+    assert str(err).startswith("Server Error: ValueError: bad wavelength\n|Traceback")
+    with pytest.raises(ServerError) as caught:
+        lab.com("broken", "anything")
+    assert caught.value.kind == "LoadError"
+    with pytest.raises(ServerError) as caught:
+        lab.com("nope", "x")
+    assert caught.value.reason == "BadRequest: nope does not exist (case matters)"
+
+
+def test_a_large_reply(lab):
+    assert len(lab.com("basic", "big", 20_000_000, timeout=30)) == 20_000_000
+
+
+def test_unreachable_server_says_where(lab):
+    port = free_port()
+    with pytest.raises(ConnectionFailed) as caught:
+        Client("127.0.0.1", port).ping()
+    assert f"cannot connect to modserver at 127.0.0.1:{port}" in str(caught.value)
+    assert isinstance(caught.value, ConnectionError) and isinstance(caught.value, ClientError)
+
+
+def test_a_slow_call_times_out_saying_what_was_awaited(lab):
+    started = time.monotonic()
+    with pytest.raises(ReplyTimeout) as caught:
+        lab.com("basic", "sleep", 2, timeout=0.3)
+    assert time.monotonic() - started < 1.5
+    assert str(caught.value) == (
+        f"no reply from modserver at 127.0.0.1:{lab.port} within 0.3 s "
+        "while waiting for basic.sleep()"
+    )
+    assert isinstance(caught.value, TimeoutError)
+    assert lab.com("basic", "sleep", 0.1, timeout=5) == 0.1  # a per-call timeout
+
+
+# Proxies and sessions -------------------------------------------------------------------
+
+
+def test_module_proxy(lab):
+    basic = lab.module("basic")
+    assert isinstance(basic, ModuleProxy)
+    assert basic.add(2, 3) == 5
+    assert basic("add", 4, 5) == 9
+    assert "argcount" in basic("_help")
+    assert basic.sleep(0.1, timeout=5) == 0.1
+    with pytest.raises(AttributeError):
+        basic._private  # noqa: B018
+
+
+def test_session_keeps_one_connection_and_the_module(server, lab):
+    with lab.session("basic") as basic:
+        pid = basic.pid()
+        counts = [basic.counter() for _ in range(3)]
+        assert counts == [counts[0], counts[0] + 1, counts[0] + 2]
+        assert basic.call("pid") == pid
+        assert server.module_status("basic")["held_by_session"] is True
+    wait_for(lambda: not server.module_status("basic")["held_by_session"], what="the release")
+
+
+def test_session_holds_the_module_against_other_clients(server, lab):
+    with lab.session("basic") as held:
+        first = held.counter()
+        other = Client("127.0.0.1", server.port, timeout=5)
+        import threading
+
+        result = []
+        thread = threading.Thread(target=lambda: result.append(other.com("basic", "counter")))
+        thread.start()
+        wait_for(lambda: server.module_status("basic")["queue"] == 1, what="the other call")
+        assert [held.counter(), held.counter()] == [first + 1, first + 2]
+    thread.join(10)
+    assert result == [first + 3]
+
+
+def test_session_goes_on_after_an_error_and_after_idling(lab):
+    with lab.session("basic") as basic:
+        assert basic.add(1, 1) == 2
+        with pytest.raises(ServerError):
+            basic.boom()
+        assert basic.add(2, 2) == 4  # a new connection after the server closed the old one
+        time.sleep(1.3)  # past the server's 1 s keep-alive timeout, on purpose
+        assert basic.add(3, 3) == 6
