@@ -8,20 +8,23 @@ VERSION = 0
 class Bench:
     def __init__(self):
         self._blobs = {}
+        self._floats = {}
 
     def noop(self):
         """Return at once: what is left is the server's own cost."""
         return None
 
     def blob(self, size):
-        """A string of ``size`` bytes (made once, so only transport is timed)."""
+        """A string of ``size`` bytes (made once, so only its transport is timed)."""
         if size not in self._blobs:
             self._blobs[size] = "x" * size
         return self._blobs[size]
 
-    def floats(self, count):
-        """``count`` floats."""
-        return [i * 0.001 for i in range(count)]
+    def float_list(self, count):
+        """``count`` floats, as a module returning a trace would (made once)."""
+        if count not in self._floats:
+            self._floats[count] = [i * 1.2345678901 for i in range(count)]
+        return self._floats[count]
 
     def version(self):
         """Which edit of this file is loaded (the reload benchmark rewrites it)."""

@@ -1,10 +1,14 @@
-"""Benchmarks: start a real modserver with a bench module and time it end to end.
+"""modserver's benchmarks, each against a floor measured in the same run.
 
-    python benchmarks/run.py            # a table
-    python benchmarks/run.py --json     # machine-readable
+    python benchmarks/run.py             # the table (about three minutes)
+    python benchmarks/run.py --quick     # fewer repeats (a minute)
+    python benchmarks/run.py --json      # the figures as JSON
 
-Every figure is a median over repeated runs, with the spread shown, measured
-by a client that decodes each reply as a real client must.
+A real ``twistd modserver`` serves a bench module; floor.py serves the same
+module with the least a server of this protocol can do (one process, the
+module in-process, urllib and json).  The client decodes every reply in
+full, as real clients must.  Latencies are medians (p50) and p99 of many
+calls; throughputs are medians of repeated runs, shown with their range.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import signal
 import socket
@@ -19,13 +24,21 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from modserver import wire  # noqa: E402
+
+BENCH = HERE / "bench_module.py"
+MB = 1_000_000
+
+
+# Servers ---------------------------------------------------------------------------------
 
 
 def twistd() -> list[str]:
@@ -35,19 +48,30 @@ def twistd() -> list[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
-class Server:
-    """``twistd -n modserver`` serving the bench module on an ephemeral port."""
+def wait_for(condition, timeout: float = 60.0, what: str = "it"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.005)
+    raise RuntimeError(f"timed out waiting for {what}")
 
-    def __init__(self) -> None:
+
+class ModServer:
+    """``twistd -n modserver`` with bench modules in a directory of its own."""
+
+    name = "modserver"
+
+    def __init__(self, modules: dict[str, str], extra: tuple[str, ...] = ()) -> None:
         self.dir = tempfile.TemporaryDirectory()
-        root = self.root = Path(self.dir.name)
-        (root / "bench_module.py").write_text((HERE / "bench_module.py").read_text())
-        config = {
-            "bench": ["bench_module", "Bench", None],
-            "bench2": ["bench_module", "Bench", None],
-        }
-        (root / "server.config").write_text(json.dumps(config))
-        self.log = root / "server.log"
+        self.root = Path(self.dir.name)
+        (self.root / "bench_module.py").write_text(BENCH.read_text())
+        (self.root / "reloadable.py").write_text(BENCH.read_text())
+        config = {name: [source, "Bench", None] for name, source in modules.items()}
+        (self.root / "server.config").write_text(json.dumps(config))
+        self.log = self.root / "server.log"
+        self.started = time.perf_counter()
         self.process = subprocess.Popen(
             [
                 *twistd(),
@@ -55,138 +79,305 @@ class Server:
                 "--pidfile=",
                 "modserver",
                 "--config",
-                str(root / "server.config"),
+                str(self.root / "server.config"),
                 "--listen",
                 "tcp:0:interface=127.0.0.1",
                 "--log-level",
                 "warn",
+                *extra,
             ],
-            cwd=root,
+            cwd=self.root,
             stdout=open(self.log, "wb"),
             stderr=subprocess.STDOUT,
         )
-        self.port = self._wait_port()
-        self._wait_ready()
+        match = wait_for(
+            lambda: re.search(r"listening on 127\.0\.0\.1:(\d+)", self.log.read_text()),
+            what="modserver to listen",
+        )
+        self.port = int(match.group(1))
+        self.pid = self.process.pid
 
-    def _wait_port(self) -> int:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.log.read_text())
-            if match:
-                return int(match.group(1))
-            time.sleep(0.02)
-        raise RuntimeError("server did not start:\n" + self.log.read_text())
+    def ready(self) -> bool:
+        status = request(self.port, {"name": "_status"})
+        return all(m["state"] == "ready" for m in status["modules"].values())
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            status = request(self.port, {"name": "_status"})
-            if all(m["state"] == "ready" for m in status["modules"].values()):
-                return
-            time.sleep(0.02)
-        raise RuntimeError("modules did not become ready")
+    def worker_pid(self, module: str) -> int:
+        return request(self.port, {"name": "_status." + module})["modules"][module]["pid"]
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(20)
+        self.process.wait(30)
         self.dir.cleanup()
 
 
-class Client:
-    """A blocking client that decodes every reply fully."""
+class Floor:
+    """floor.py serving the same bench module."""
 
+    name = "floor"
+
+    def __init__(self, modules: list[str]) -> None:
+        specs = [f"{BENCH}:Bench:{name}" for name in modules]
+        self.process = subprocess.Popen(
+            [sys.executable, str(HERE / "floor.py"), "0", *specs],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self.process.stdout.readline()
+        self.port = int(line.rsplit(":", 1)[1])
+        self.pid = self.process.pid
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+# A client that decodes everything -------------------------------------------------------
+
+
+class Connection:
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=120)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buffer = bytearray()
+        self.rest = b""
 
     def send(self, message: dict) -> None:
         self.sock.sendall(wire.quote_plus(json.dumps(message).encode()) + b"\n")
 
     def receive(self):
-        while True:
-            end = self.buffer.find(b"\n")
-            if end >= 0:
-                line = bytes(self.buffer[:end])
-                del self.buffer[: end + 1]
-                reply = json.loads(wire.unquote_plus(line))
-                if reply["error"]:
-                    raise RuntimeError(reply["response"])
-                return reply["response"]
-            chunk = self.sock.recv(4 * 1024 * 1024)
-            if not chunk:
+        chunks, data = [], self.rest
+        while b"\n" not in data:
+            if data:
+                chunks.append(data)
+            data = self.sock.recv(4 * 1024 * 1024)
+            if not data:
                 raise ConnectionError("closed")
-            self.buffer += chunk
+        end = data.index(b"\n")
+        chunks.append(data[:end])
+        self.rest = data[end + 1 :]
+        reply = json.loads(wire.unquote_plus(b"".join(chunks)))
+        if reply["error"]:
+            raise RuntimeError(reply["response"])
+        return reply["response"]
 
     def close(self) -> None:
         self.sock.close()
 
 
 def request(port: int, hello: dict):
-    client = Client(port)
+    conn = Connection(port)
     try:
-        client.send(hello)
-        return client.receive()
+        conn.send(hello)
+        return conn.receive()
     finally:
-        client.close()
+        conn.close()
 
 
 def com(port: int, module: str, function: str, *args):
-    """A new-connection call, as the original clients make every call."""
-    client = Client(port)
+    """A call on a new connection: what every ModuleServer client does."""
+    conn = Connection(port)
     try:
-        client.send({"name": module})
-        client.receive()
-        client.send({"function": function, "args": list(args), "keep_alive": False})
-        return client.receive()
+        conn.send({"name": module})
+        conn.receive()
+        conn.send({"function": function, "args": list(args), "keep_alive": False})
+        return conn.receive()
     finally:
-        client.close()
+        conn.close()
 
 
-def timings(fn, repeat: int, warmup: int = 5) -> list[float]:
+# Measurements ---------------------------------------------------------------------------
+
+
+def samples(fn, repeat: int, warmup: int = 5) -> list[float]:
     for _ in range(warmup):
         fn()
-    samples = []
+    times = []
     for _ in range(repeat):
         started = time.perf_counter()
         fn()
-        samples.append(time.perf_counter() - started)
-    return samples
+        times.append(time.perf_counter() - started)
+    return times
 
 
-def summary(samples: list[float]) -> dict:
-    ordered = sorted(samples)
+def latency(values: list[float]) -> dict:
+    ordered = sorted(values)
     return {
         "p50": statistics.median(ordered),
-        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
-        "min": ordered[0],
+        "p99": ordered[int(len(ordered) * 0.99) - 1],
         "n": len(ordered),
+        "unit": "s",
     }
 
 
-def bench_latency(port: int, repeat: int) -> dict:
-    results = {
-        "ping": summary(timings(lambda: request(port, {"name": "_ping"}), repeat)),
-        "com_new_connection": summary(timings(lambda: com(port, "bench", "noop"), repeat)),
+def throughput(size: int, times: list[float]) -> dict:
+    rates = sorted(size / t / MB for t in times)
+    return {
+        "median": statistics.median(rates),
+        "low": rates[0],
+        "high": rates[-1],
+        "n": len(rates),
+        "unit": "MB/s",
     }
-    client = Client(port)
-    client.send({"name": "bench"})
-    client.receive()
-
-    def keep_alive_call():
-        client.send({"function": "noop", "args": [], "keep_alive": True})
-        client.receive()
-
-    results["com_keep_alive"] = summary(timings(keep_alive_call, repeat))
-    client.close()
-    return results
 
 
-def bench_bulk(port: int, size: int, repeat: int) -> dict:
-    samples = timings(lambda: com(port, "bench", "blob", size), repeat, warmup=1)
-    result = summary(samples)
-    result["mb_per_s"] = size / result["p50"] / 1e6
-    result["mb_per_s_spread"] = [size / max(samples) / 1e6, size / min(samples) / 1e6]
+def bench_latencies(target, repeat: int) -> dict:
+    port = target.port
+    result = {
+        "ping": latency(samples(lambda: request(port, {"name": "_ping"}), repeat)),
+        "com_new_connection": latency(samples(lambda: com(port, "bench", "noop"), repeat)),
+    }
+    conn = Connection(port)
+    conn.send({"name": "bench"})
+    conn.receive()
+
+    def keep_alive():
+        conn.send({"function": "noop", "args": [], "keep_alive": True})
+        conn.receive()
+
+    result["com_keep_alive"] = latency(samples(keep_alive, repeat))
+    conn.close()
+    return result
+
+
+def bench_replies(target, sizes: list[int], repeat: int) -> dict:
+    result = {}
+    for size in sizes:
+        com(target.port, "bench", "blob", size)  # made once, in the module
+        runs = repeat if size < 50 * MB else max(3, repeat // 2)
+        result[f"reply_{size // MB}MB"] = throughput(
+            size, samples(lambda s=size: com(target.port, "bench", "blob", s), runs, warmup=1)
+        )
+    com(target.port, "bench", "float_list", 1_000_000)
+    times = samples(lambda: com(target.port, "bench", "float_list", 1_000_000), repeat, warmup=1)
+    result["floats_1M"] = {**latency(times), "p99": max(times)}
+    return result
+
+
+def calls_per_second(port: int, modules: list[str], seconds: float) -> float:
+    """Each thread makes new-connection calls to its module for ``seconds``."""
+    counts = [0] * len(modules)
+    stop = time.monotonic() + seconds
+
+    def client(i: int, module: str) -> None:
+        while time.monotonic() < stop:
+            com(port, module, "noop")
+            counts[i] += 1
+
+    threads = [threading.Thread(target=client, args=(i, m)) for i, m in enumerate(modules)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / seconds
+
+
+def bench_concurrency(target, seconds: float) -> dict:
+    return {
+        "threads8_one_module": {
+            "rate": calls_per_second(target.port, ["bench"] * 8, seconds),
+            "unit": "calls/s",
+        },
+        "threads8_two_modules": {
+            "rate": calls_per_second(target.port, ["bench", "bench2"] * 4, seconds),
+            "unit": "calls/s",
+        },
+    }
+
+
+def rss_kb(pid: int, field: str = "VmRSS") -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def bench_memory(target, worker_pid: int | None) -> dict:
+    """Idle RSS (of a fresh server), and its peak RSS growth while a 100 MB reply passes."""
+    idle = rss_kb(target.pid) or 0
+    result = {"server_idle_rss_MB": idle / 1024}
+    if worker_pid is not None:
+        result["worker_idle_rss_MB"] = (rss_kb(worker_pid) or 0) / 1024
+    for _ in range(2):  # the first also makes the payload inside the module
+        assert len(com(target.port, "bench2", "blob", 100 * MB)) == 100 * MB
+    peak = rss_kb(target.pid, "VmHWM") or 0
+    result["rss_growth_100MB_reply_MB"] = max(0, peak - idle) / 1024
+    return result
+
+
+def bench_respawn(server: ModServer, repeat: int) -> dict:
+    """SIGKILL a worker; time until a new-connection call succeeds again."""
+    times = []
+    for i in range(repeat):
+        module = f"respawn{i}"  # a different module each time: each is a first death
+        pid = server.worker_pid(module)
+        started = time.perf_counter()
+        os.kill(pid, signal.SIGKILL)
+        while True:
+            try:
+                if com(server.port, module, "pid") != pid:
+                    break
+            except RuntimeError:
+                pass  # the call in flight when the worker died
+        times.append(time.perf_counter() - started)
+    return latency(times) | {"p99": max(times)}
+
+
+def bench_reload(server: ModServer, repeat: int) -> dict:
+    """Save a changed module file; time until a call answers from the new code."""
+    path = server.root / "reloadable.py"
+    times = []
+    for edit in range(1, repeat + 1):
+        text = re.sub(r"VERSION = \d+", f"VERSION = {edit}", path.read_text())
+        started = time.perf_counter()
+        path.write_text(text)
+        while com(server.port, "reloadable", "version") != edit:
+            pass
+        times.append(time.perf_counter() - started)
+        time.sleep(0.1 + 0.05 * edit)  # spread the saves over the poll interval
+    return latency(times) | {"p99": max(times)}
+
+
+def bench_fifty() -> dict:
+    """From starting the server to 50 modules ready."""
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        server = ModServer({f"m{i:02d}": "bench_module" for i in range(50)})
+        try:
+            wait_for(server.ready, what="50 modules")
+            times.append(time.perf_counter() - started)
+        finally:
+            server.stop()
+    return latency(times) | {"p99": max(times)}
+
+
+def bench_codec(size: int = 10 * MB) -> dict:
+    """The fast paths against urllib, on a reply of floats (many bytes to escape)."""
+    values = [i * 1.2345678901 for i in range(size // 20)]
+    text = json.dumps({"response": values, "error": False, "traceback": ""})
+    data = text.encode()
+    encoded = wire.quote_plus(data)
+    assert encoded == urllib.parse.quote_plus(text).encode()
+    assert wire.unquote_plus(encoded) == urllib.parse.unquote_plus(encoded.decode())
+    result = {}
+    for name, fast, slow in (
+        ("quote_plus", lambda: wire.quote_plus(data), lambda: urllib.parse.quote_plus(text)),
+        (
+            "unquote_plus",
+            lambda: wire.unquote_plus(encoded),
+            lambda: urllib.parse.unquote_plus(encoded.decode()),
+        ),
+    ):
+        fast_s = statistics.median(samples(fast, 5, warmup=1))
+        slow_s = statistics.median(samples(slow, 3, warmup=1))
+        result[name] = {
+            "fast": len(data) / fast_s / MB,
+            "urllib": len(data) / slow_s / MB,
+            "unit": "MB/s",
+        }
     return result
 
 
@@ -214,100 +405,139 @@ def bench_line_receiver(size: int = 16 * 1024 * 1024, piece: int = 65536) -> dic
     pieces = [data[i : i + piece] for i in range(0, len(data), piece)]
     result = {}
     for name, cls in (("chunked", Ours), ("LineReceiver", Twisteds)):
-        samples = []
-        for _ in range(3):
+
+        def feed(cls=cls):
             receiver = cls()
             receiver.makeConnection(StringTransport())
-            started = time.perf_counter()
             for p in pieces:
                 receiver.dataReceived(p)
-            samples.append(time.perf_counter() - started)
             assert receiver.got == size
-        result[name] = size / statistics.median(samples) / 1e6
-    result["ratio"] = result["chunked"] / result["LineReceiver"]
+
+        result[name] = size / statistics.median(samples(feed, 3, warmup=1)) / MB
+    result["unit"] = "MB/s"
     return result
 
 
-def bench_respawn(server: Server, repeat: int) -> dict:
-    """SIGKILL a worker, then time until a new-connection call succeeds again."""
-    samples = []
-    for _ in range(repeat):
-        pid = com(server.port, "bench2", "pid")
-        started = time.perf_counter()
-        os.kill(pid, signal.SIGKILL)
-        while True:
-            try:
-                if com(server.port, "bench2", "pid") != pid:
-                    break
-            except RuntimeError:
-                pass  # the call in flight when the worker died
-        samples.append(time.perf_counter() - started)
-        time.sleep(11)  # stay up past the backoff's stable time: each kill is a "first" death
-    return summary(samples)
+# The table ---------------------------------------------------------------------------------
+
+ROWS = [
+    # (key, label, kind, target)  kind: lat (lower is better), rate (higher), value
+    ("ping", "_ping", "lat", None),
+    ("com_new_connection", "com, new connection", "lat", "<= 1.5x floor"),
+    ("com_keep_alive", "com, keep-alive", "lat", "<= 2x floor"),
+    ("reply_1MB", "1 MB reply", "rate", None),
+    ("reply_10MB", "10 MB reply", "rate", ">= 100 MB/s, >= 4x floor"),
+    ("reply_100MB", "100 MB reply", "rate", "works"),
+    ("floats_1M", "1,000,000 floats", "lat", "<= 1 s"),
+    ("threads8_one_module", "8 threads, one module", "calls", None),
+    ("threads8_two_modules", "8 threads, two modules", "calls", None),
+    ("respawn", "SIGKILL to next good reply", "lat", "<= 0.5 s"),
+    ("reload", "save to new code's reply", "lat", "<= 1 s"),
+    ("fifty_ready", "start to 50 modules ready", "lat", "<= 3 s"),
+    ("worker_idle_rss_MB", "idle worker RSS", "mb", "<= 15 MB"),
+    ("server_idle_rss_MB", "idle server RSS", "mb", None),
+    ("rss_growth_100MB_reply_MB", "server RSS growth, 100 MB reply", "mb", "<= 300 MB"),
+]
 
 
-def bench_reload(server: Server, repeat: int) -> dict:
-    """Save a changed module file, then time until a call answers from the new code."""
-    path = server.root / "bench_module.py"
-    samples = []
-    for edit in range(1, repeat + 1):
-        text = re.sub(r"VERSION = \d+", f"VERSION = {edit}", path.read_text())
-        started = time.perf_counter()
-        path.write_text(text)
-        while com(server.port, "bench", "version") != edit:
-            pass
-        samples.append(time.perf_counter() - started)
-    return summary(samples)
+def show(kind: str, value) -> str:
+    if value is None:
+        return "-"
+    if kind == "lat":
+        p50 = value["p50"]
+        text = f"{p50 * 1e3:.3f} ms" if p50 < 0.1 else f"{p50:.3f} s"
+        p99 = value["p99"]
+        return text + (f" (p99 {p99 * 1e3:.3f} ms)" if p99 < 0.1 else f" (max {p99:.3f} s)")
+    if kind == "rate":
+        return f"{value['median']:.0f} MB/s ({value['low']:.0f}-{value['high']:.0f})"
+    if kind == "calls":
+        return f"{value['rate']:.0f} calls/s"
+    return f"{value:.1f} MB"
+
+
+def ratio(kind: str, ours, floor) -> str:
+    if ours is None or floor is None:
+        return ""
+    if kind == "lat":
+        return f"x{ours['p50'] / floor['p50']:.2f}"
+    if kind == "rate":
+        return f"x{ours['median'] / floor['median']:.2f}"
+    if kind == "calls":
+        return f"x{ours['rate'] / floor['rate']:.2f}"
+    return f"x{ours / floor:.2f}" if floor else ""
+
+
+def table(results: dict) -> str:
+    ours, floor = results["modserver"], results["floor"]
+    lines = [f"{'figure':<34}{'modserver':<30}{'floor':<30}{'ratio':<8}target", "-" * 120]
+    for key, label, kind, target in ROWS:
+        lines.append(
+            f"{label:<34}{show(kind, ours.get(key)):<30}{show(kind, floor.get(key)):<30}"
+            f"{ratio(kind, ours.get(key), floor.get(key)):<8}{target or ''}"
+        )
+    codec = results["codec"]
+    lines.append("")
+    for name in ("quote_plus", "unquote_plus"):
+        c = codec[name]
+        lines.append(
+            f"{name + ' (10 MB of floats)':<34}{c['fast']:.0f} MB/s{'':<20}"
+            f"urllib {c['urllib']:.0f} MB/s{'':<13}x{c['fast'] / c['urllib']:.1f}"
+            f"{'':<3}>= 10x urllib"
+        )
+    line = results["line_receiver"]
+    lines.append(
+        f"{'16 MB request line':<34}{line['chunked']:.0f} MB/s{'':<19}"
+        f"LineReceiver {line['LineReceiver']:.0f} MB/s{'':<6}"
+        f"x{line['chunked'] / line['LineReceiver']:.0f}"
+    )
+    m = results["machine"]
+    lines.append("")
+    lines.append(
+        f"{m['cpus']} CPUs, {m['processor']}, Python {m['python']}, {m['system']}; "
+        f"{m['seconds']:.0f} s"
+    )
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--repeat", type=int, default=300, help="samples per latency figure")
-    parser.add_argument(
-        "--lifecycle",
-        action="store_true",
-        help="also time worker respawn and module reload (slow: ~1 min)",
-    )
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
     args = parser.parse_args()
-    server = Server()
+    repeat = 150 if args.quick else 600
+    runs = 3 if args.quick else 7
+    started = time.perf_counter()
+    results = {"modserver": {}, "floor": {}}
+
+    respawn = {f"respawn{i}": "bench_module" for i in range(5)}
+    server = ModServer(
+        {"bench": "bench_module", "bench2": "bench_module", "reloadable": "reloadable", **respawn}
+    )
+    floor = Floor(["bench", "bench2"])
     try:
-        results = bench_latency(server.port, args.repeat)
-        results["reply_10MB"] = bench_bulk(server.port, 10_000_000, 9)
-        if args.lifecycle:
-            results["respawn_after_sigkill"] = bench_respawn(server, 5)
-            results["reload_after_save"] = bench_reload(server, 9)
+        wait_for(server.ready, what="the bench modules")
+        results["modserver"].update(bench_memory(server, server.worker_pid("respawn0")))
+        results["floor"].update(bench_memory(floor, None))
+        for target, into in ((server, results["modserver"]), (floor, results["floor"])):
+            into.update(bench_latencies(target, repeat))
+            into.update(bench_replies(target, [1 * MB, 10 * MB, 100 * MB], runs))
+            into.update(bench_concurrency(target, 2.0 if args.quick else 4.0))
+        results["modserver"]["respawn"] = bench_respawn(server, 5)
+        results["modserver"]["reload"] = bench_reload(server, 5 if args.quick else 9)
     finally:
         server.stop()
-    results["request_line_16MB"] = bench_line_receiver()
-    results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return
-    print(f"{'figure':<24}{'p50':>12}{'p99':>12}{'min':>12}")
-    for name in ("ping", "com_new_connection", "com_keep_alive"):
-        r = results[name]
-        print(
-            f"{name:<24}{r['p50'] * 1e3:>10.3f}ms{r['p99'] * 1e3:>10.3f}ms{r['min'] * 1e3:>10.3f}ms"
-        )
-    r = results["reply_10MB"]
-    low, high = r["mb_per_s_spread"]
-    print(
-        f"{'reply_10MB':<24}{r['mb_per_s']:>9.0f}MB/s  (range {low:.0f}-{high:.0f} MB/s"
-        f" over {r['n']} runs)"
-    )
-    for name in ("respawn_after_sigkill", "reload_after_save"):
-        if name in results:
-            r = results[name]
-            print(
-                f"{name:<24}{r['p50'] * 1e3:>10.1f}ms{r['p99'] * 1e3:>10.1f}ms"
-                f"{r['min'] * 1e3:>10.1f}ms  (n={r['n']})"
-            )
-    r = results["request_line_16MB"]
-    print(
-        f"{'request_line_16MB':<24}{r['chunked']:>9.0f}MB/s  (Twisted's LineReceiver "
-        f"{r['LineReceiver']:.0f} MB/s: x{r['ratio']:.1f})"
-    )
+        floor.stop()
+    results["modserver"]["fifty_ready"] = bench_fifty()
+    results["codec"] = bench_codec()
+    results["line_receiver"] = bench_line_receiver()
+    results["machine"] = {
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "system": platform.platform(terse=True),
+        "seconds": time.perf_counter() - started,
+    }
+    print(json.dumps(results, indent=2) if args.json else table(results))
 
 
 if __name__ == "__main__":

@@ -100,7 +100,9 @@ class AsyncClient:
         except (error.ConnectError, error.DNSLookupError) as exc:
             where = f"{self.host}:{self.port}"
             if isinstance(exc, error.TimeoutError):
-                raise ReplyTimeout(f"no connection to modserver at {where} within {timeout:g} s")
+                raise ReplyTimeout(
+                    f"no connection to modserver at {where} within {timeout:g} s"
+                ) from None
             raise ConnectionFailed(f"cannot connect to modserver at {where}: {exc}") from None
 
     async def _ask(self, proto: _LineClient, message: dict, what: str, timeout: float):

@@ -16,7 +16,6 @@ import binascii
 import json
 import math
 import re
-import urllib.parse
 
 # Bytes that quote_plus leaves alone (urllib.parse._ALWAYS_SAFE); the rest
 # become %XX with upper-case hex, and the space becomes "+".
@@ -26,8 +25,7 @@ SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
 # with ensure_ascii has fewer than 40 of them.  Past this, urllib is cheaper.
 _MAX_REPLACE_PASSES = 48
 
-_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
-_PERCENT_AS_EQUALS = bytes.maketrans(b"%", b"=")
+_AS_QUOTED_PRINTABLE = bytes.maketrans(b"%+", b"= ")
 _PLAIN = re.compile(rb"[ \t]*\{")
 
 
@@ -50,6 +48,8 @@ def quote_plus(data: bytes) -> bytes:
         byte = unsafe[:1]
         present.add(byte)
         if len(present) > _MAX_REPLACE_PASSES:
+            import urllib.parse  # a rare case: not worth its import in every worker
+
             return urllib.parse.quote_plus(data).encode("ascii")
         unsafe = unsafe.replace(byte, b"")
     # "%" first, so that the escapes added later are not escaped again;
@@ -68,16 +68,24 @@ def unquote_plus(data: bytes) -> str:
 
     "+" is a space, "%XX" a byte (either hex case), a malformed escape is
     kept as it is, and the bytes are read as UTF-8 with invalid sequences
-    replaced.  Well-formed input is translated to quoted-printable and
-    decoded by ``binascii.a2b_qp`` in C; anything unusual takes urllib's path.
+    replaced.  The line is translated to quoted-printable ("%" to "=", and
+    its own "=" escaped) and decoded by ``binascii.a2b_qp`` in C.  Each
+    well-formed escape then shortens the text by exactly two bytes, and
+    nothing else shortens it that much, so a length check proves the result
+    right; anything unusual takes urllib's path instead.
     """
-    if b"%" not in data:
+    percents = data.count(b"%")
+    if not percents:
         return data.replace(b"+", b" ").decode("utf-8", "replace")
-    if b"\n" in data or b"\r" in data or _BAD_ESCAPE.search(data):
-        raw = urllib.parse.unquote_to_bytes(data.replace(b"+", b" "))
-        return raw.decode("utf-8", "replace")
-    data = data.replace(b"=", b"=3D").replace(b"+", b" ")
-    return binascii.a2b_qp(data.translate(_PERCENT_AS_EQUALS)).decode("utf-8", "replace")
+    if b"\n" not in data and b"\r" not in data:  # would be soft line breaks to a2b_qp
+        equals = data.count(b"=")
+        text = data.replace(b"=", b"=3D") if equals else data
+        raw = binascii.a2b_qp(text.translate(_AS_QUOTED_PRINTABLE))
+        if len(raw) == len(text) - 2 * (percents + equals):
+            return raw.decode("utf-8", "replace")
+    import urllib.parse  # malformed escapes: rare, and urllib is the reference
+
+    return urllib.parse.unquote_to_bytes(data.replace(b"+", b" ")).decode("utf-8", "replace")
 
 
 def is_plain(line: bytes) -> bool:
