@@ -84,8 +84,13 @@ class _LineClient(ChunkedLineReceiver):
 class AsyncClient:
     """A modserver client for Twisted programs; each call opens its own connection."""
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 timeout: float = DEFAULT_TIMEOUT, reactor=None) -> None:
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        timeout: float = DEFAULT_TIMEOUT,
+        reactor=None,
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.host = host
@@ -138,8 +143,9 @@ class AsyncClient:
         return self._hello("_get_modules." + prefix, "waiting for the module list")
 
     def status(self, module: str | None = None) -> defer.Deferred:
-        return self._hello("_status" if module is None else "_status." + module,
-                           "waiting for the status")
+        return self._hello(
+            "_status" if module is None else "_status." + module, "waiting for the status"
+        )
 
     def reload(self, module: str = "") -> defer.Deferred:
         """Restart ``module``'s worker (no name: re-read the config); fails for no such module."""
@@ -153,9 +159,11 @@ class AsyncClient:
 
         return answer.addCallback(check)
 
-    def com(self, module: str, funcname: str = "_help", *args,
-            timeout: float | None = None) -> defer.Deferred:
+    def com(
+        self, module: str, funcname: str = "_help", *args, timeout: float | None = None
+    ) -> defer.Deferred:
         """Call ``funcname(*args)`` on ``module``; fires with what it returned."""
+
         async def run():
             session = await self.session(module)
             try:
@@ -167,11 +175,13 @@ class AsyncClient:
 
     def session(self, module: str) -> defer.Deferred:
         """Fires with an AsyncSession: a keep-alive connection holding ``module``."""
+
         async def run():
             proto = await self._connect(self.timeout)
             try:
-                await self._ask(proto, {"name": module},
-                                f"waiting for {module} to acknowledge", self.timeout)
+                await self._ask(
+                    proto, {"name": module}, f"waiting for {module} to acknowledge", self.timeout
+                )
             except BaseException:
                 proto.transport.loseConnection()
                 raise
@@ -188,8 +198,9 @@ class AsyncSession:
         self.module = module
         self._proto = proto
 
-    def call(self, function: str, *args, timeout: float | None = None,
-             keep_alive: bool = True) -> defer.Deferred:
+    def call(
+        self, function: str, *args, timeout: float | None = None, keep_alive: bool = True
+    ) -> defer.Deferred:
         """Call ``function(*args)`` on the module; fires with its result."""
         request = {"function": function, "args": list(args), "keep_alive": keep_alive}
         wait = self.client.timeout if timeout is None else timeout

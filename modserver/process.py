@@ -8,18 +8,26 @@ output, passed on line by line.
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
 import signal
 from typing import TYPE_CHECKING
 
-from twisted.internet import error, protocol
+from twisted.internet import error, interfaces, main, protocol
+from zope.interface import implementer
 
 from modserver import channel
 from modserver.lifecycle import describe_exit
+from modserver.transport import write_now
 
 if TYPE_CHECKING:
     from modserver.supervisor import ModuleSupervisor
+
+# Frames up to this size are joined and written at once; larger ones are
+# queued in pieces (joining a 16 MB request would copy it).
+SMALL_FRAME = 64 * 1024
 
 # A line of raw output longer than this is passed on in pieces.
 MAX_OUTPUT_LINE = 64 * 1024
@@ -31,6 +39,24 @@ PARTIAL_LINE_WAIT = 0.5
 # After a worker exits, how long to wait for its channel to close (a forked
 # grandchild may hold it open) before treating the worker as gone.
 CHANNEL_CLOSE_GRACE = 0.5
+
+
+# The most read from the channel at a time (Twisted reads pipes 8 KB at a time).
+READ_SIZE = 1024 * 1024
+
+
+def _read_big(reader):
+    """ProcessReader.doRead, reading up to READ_SIZE bytes at once."""
+    try:
+        data = os.read(reader.fd, READ_SIZE)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EINTR):
+            return None
+        return main.CONNECTION_LOST
+    if not data:
+        return main.CONNECTION_DONE
+    reader.dataReceived(data)
+    return None
 
 
 def signal_group(pid: int, name: str) -> bool:
@@ -49,6 +75,7 @@ def signal_group(pid: int, name: str) -> bool:
     return True
 
 
+@implementer(interfaces.IPushProducer)
 class WorkerProcess(protocol.ProcessProtocol):
     """The server's end of one worker child: frames in and out, raw output."""
 
@@ -70,7 +97,12 @@ class WorkerProcess(protocol.ProcessProtocol):
 
     def send(self, *pieces: bytes) -> None:
         """Write frame bytes to the worker (pieces avoid copying big requests)."""
-        if self.transport is not None and self.exit_description is None:
+        if self.transport is None or self.exit_description is not None:
+            return
+        stdin = getattr(self.transport, "pipes", {}).get(0)
+        if stdin is not None and sum(map(len, pieces)) <= SMALL_FRAME:
+            write_now(stdin, b"".join(pieces))
+        else:
             self.transport.writeSequence(list(pieces))
 
     def frame_started(self, kind: int, flags: int, request_id: int, length: int) -> None:
@@ -101,8 +133,28 @@ class WorkerProcess(protocol.ProcessProtocol):
     # ProcessProtocol --------------------------------------------------
 
     def connectionMade(self) -> None:
-        """The child is spawned."""
+        """The child is spawned: read its channel in large pieces."""
         self.pid = self.transport.pid
+        reader = getattr(self.transport, "pipes", {}).get(1)
+        if reader is not None:
+            reader.doRead = functools.partial(_read_big, reader)
+
+    # IPushProducer, for the client a reply streams to: a slow client pauses
+    # the channel (the worker waits on its write) instead of filling memory.
+
+    def pauseProducing(self) -> None:
+        """The client's send buffer is full: stop reading the channel."""
+        reader = getattr(self.transport, "pipes", {}).get(1)
+        if reader is not None:
+            reader.stopReading()
+
+    def resumeProducing(self) -> None:
+        """The client caught up (or left): read the channel again."""
+        reader = getattr(self.transport, "pipes", {}).get(1)
+        if reader is not None and not self.channel_closed:
+            reader.startReading()
+
+    stopProducing = resumeProducing  # a client that left: keep draining the reply
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         """fd 1 is the channel; fd 2 is everything the worker wrote as text."""

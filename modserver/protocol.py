@@ -18,6 +18,7 @@ from modserver import wire
 from modserver.errors import ReplyError, bad_request
 from modserver.lines import ChunkedLineReceiver
 from modserver.supervisor import Call, CallSink, LoadFailed
+from modserver.transport import write_now
 
 if TYPE_CHECKING:
     from modserver.service import ModServer
@@ -52,6 +53,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._waiting = False  # for a module's reply or a reload
         self._eof = False  # the client closed its sending side
         self._plain = True  # the mode of the last line received
+        self._producer = None  # the worker channel a reply streams from
 
     # Connection ---------------------------------------------------------
 
@@ -61,6 +63,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "")
         self.client_port = getattr(peer, "port", 0)
+        self._call_meta = json.dumps({"client": self.client_ip}).encode("utf-8") + b"\n"
         self._idle(self.settings.idle_timeout)
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
@@ -68,6 +71,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._closing = True
         self.stop_lines()
         self._cancel_timer()
+        self._unregister_producer()
         if self._supervisor is not None:
             self._supervisor.release(self)
 
@@ -184,7 +188,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             self._fail(refusal, plain)
             return
         self._supervisor = supervisor
-        self.transport.write(wire.encode_reply("ack", plain=plain))
+        write_now(self.transport, wire.encode_reply("ack", plain=plain))
         self._await_input(self.settings.idle_timeout)
 
     # Step 2: requests -------------------------------------------------------
@@ -218,24 +222,29 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             plain=plain,
             client_ip=self.client_ip,
             timeout=message.get("timeout"),
+            meta=self._call_meta,
         )
         self._supervisor.submit(self._call)
 
     # CallSink: the module's reply -------------------------------------------
 
-    def reply_started(self, error: bool) -> None:
-        """The worker's reply begins."""
+    def reply_started(self, error: bool, producer=None) -> None:
+        """The worker's reply begins; a slow client pauses ``producer``."""
         self._reply_error = error
+        if producer is not None and not self._closing:
+            self.transport.registerProducer(producer, True)
+            self._producer = producer
 
     def reply_data(self, data: bytes) -> None:
         """A piece of the encoded reply: straight to the client."""
         if not self._closing:
-            self.transport.write(data)
+            write_now(self.transport, data)
 
     def reply_finished(self, complete: bool) -> None:
         """The reply is done: close, or wait for the next keep-alive request."""
         call, self._call = self._call, None
         self._waiting = False
+        self._unregister_producer()
         if self._reply_error or not complete or call is None or not call.keep_alive:
             self._close()
             return
@@ -246,13 +255,13 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
     def _answer(self, response, plain: bool) -> None:
         """A successful reply that ends the connection."""
         if not self._closing:
-            self.transport.write(wire.encode_reply(response, plain=plain))
+            write_now(self.transport, wire.encode_reply(response, plain=plain))
         self._close()
 
     def _fail(self, err: ReplyError, plain: bool) -> None:
         """An error reply; the connection always closes after one."""
         if not self._closing:
-            self.transport.write(err.line(plain))
+            write_now(self.transport, err.line(plain))
         self._close()
 
     def _close(self) -> None:
@@ -264,6 +273,13 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             self.transport.loseConnection()
             if self._supervisor is not None:
                 self._supervisor.release(self)
+
+    def _unregister_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            if self.transport.producer is producer:
+                self.transport.unregisterProducer()
+            producer.resumeProducing()  # never leave the channel paused
 
     def _await_input(self, seconds: float) -> None:
         """Wait up to ``seconds`` for the client's next line."""

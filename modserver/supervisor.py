@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from twisted.internet import defer
+from twisted.logger import LogLevel
 
 from modserver import channel, logs, wire
 from modserver.config import ModuleSpec
@@ -51,8 +52,11 @@ class WorkerSettings:
 class CallSink:
     """Where a call's reply goes (the client connection); a no-op base."""
 
-    def reply_started(self, error: bool) -> None:
-        """A reply begins; ``error`` replies end the client's connection."""
+    def reply_started(self, error: bool, producer=None) -> None:
+        """A reply begins; ``error`` replies end the client's connection.
+
+        ``producer`` (an IPushProducer) can be paused while the client is slow.
+        """
 
     def reply_data(self, data: bytes) -> None:
         """A piece of the encoded reply line."""
@@ -72,6 +76,7 @@ class Call:
     plain: bool = False
     client_ip: str = ""
     timeout: float | None = None
+    meta: bytes = b""  # the worker's line about the call (who asked), made once per client
     request_id: int = 0
     received: float | None = None
     started: float | None = None
@@ -328,7 +333,7 @@ class ModuleSupervisor:
         self._reply_target = call
         self._reply_error = bool(flags & channel.ERROR)
         self._error_peek = [] if self._reply_error and self.access is not None else None
-        self._to_sink(call, "reply_started", self._reply_error)
+        self._to_sink(call, "reply_started", self._reply_error, proc)
 
     def worker_reply_data(self, proc: WorkerProcess, data: bytes) -> None:
         if proc is self._process and self._reply_target is not None:
@@ -367,7 +372,7 @@ class ModuleSupervisor:
         call.fail(err)
 
     def _log_access(self, call: Call, outcome: str) -> None:
-        if self.access is None:
+        if self.access is None or not logs.enabled(LogLevel.info):
             return
         now = self.reactor.seconds()
         received = call.received if call.received is not None else now
@@ -566,7 +571,7 @@ class ModuleSupervisor:
         call.started = self.reactor.seconds()
         self._current = call
         self._set_state(State.BUSY)
-        meta = json.dumps({"client": call.client_ip}).encode("utf-8") + b"\n"
+        meta = call.meta or json.dumps({"client": call.client_ip}).encode("utf-8") + b"\n"
         flags = channel.PLAIN if call.plain else 0
         head = channel.header(channel.CALL, len(meta) + len(call.request), flags, call.request_id)
         self._process.send(head, meta, call.request)

@@ -16,7 +16,7 @@ import importlib.util
 import json
 import logging
 import os
-import queue
+import select
 import signal
 import site
 import sys
@@ -75,6 +75,21 @@ class ReplyTooLarge(Exception):
     """The encoded reply is longer than the server accepts."""
 
 
+# Linux's F_SETPIPE_SZ (named in fcntl from Python 3.10 on).
+F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1024 * 1024
+
+
+def _widen_pipe(fd: int) -> None:
+    """Let a reply cross the pipe in 1 MB pieces rather than 64 KB (Linux only)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+    except (ImportError, OSError):
+        pass  # another system, or a lower limit: the default size works too
+
+
 def protect_channel() -> tuple[int, int]:
     """Move the channel off fds 0 and 1; point fd 1 at fd 2 (the log).
 
@@ -82,6 +97,7 @@ def protect_channel() -> tuple[int, int]:
     the server's log instead of corrupting the channel.
     """
     channel_in, channel_out = os.dup(0), os.dup(1)
+    _widen_pipe(channel_out)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
@@ -90,13 +106,14 @@ def protect_channel() -> tuple[int, int]:
 
 
 class Channel:
-    """The worker's end of the channel: one reader thread, locked writes."""
+    """The worker's end of the channel: frames in (read by the main thread), locked writes."""
 
     def __init__(self, fd_in: int, fd_out: int) -> None:
+        self._fd_in = fd_in
         self._in = os.fdopen(fd_in, "rb")
         self._out = os.fdopen(fd_out, "wb")
         self._lock = threading.Lock()
-        self.inbox = queue.Queue()
+        self._inbox = None  # a queue, where a reader thread must read for us
         self.closed = threading.Event()
 
     def read_frame(self):
@@ -110,15 +127,45 @@ class Channel:
             return None
         return kind, flags, request_id, payload
 
-    def read_forever(self) -> None:
-        """Thread body: queue every frame; at EOF queue None and set ``closed``."""
+    def watch(self) -> None:
+        """Notice the server going away even while a call keeps the main thread.
+
+        Where poll() exists, a thread waits for the channel's hang-up alone
+        and the main thread reads frames itself (no hand-over per call);
+        elsewhere (Windows) a thread reads every frame and queues it.
+        """
+        if hasattr(select, "poll"):
+            threading.Thread(target=self._wait_for_hangup, name="hangup", daemon=True).start()
+        else:
+            import queue
+
+            self._inbox = queue.Queue()
+            threading.Thread(target=self._read_forever, name="channel", daemon=True).start()
+
+    def next_frame(self):
+        """The next frame from the server, or None once it is gone."""
+        if self._inbox is not None:
+            return self._inbox.get()
+        frame = self.read_frame()
+        if frame is None:
+            self.closed.set()
+        return frame
+
+    def _wait_for_hangup(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd_in, 0)  # 0: only hang-ups and errors wake us
+        hangup = select.POLLHUP | select.POLLERR | select.POLLNVAL
+        while not any(events & hangup for _, events in poller.poll()):
+            pass
+        self.closed.set()
+
+    def _read_forever(self) -> None:
         while True:
             frame = self.read_frame()
+            self._inbox.put(frame)
             if frame is None:
                 self.closed.set()
-                self.inbox.put(None)
                 return
-            self.inbox.put(frame)
 
     def send(self, kind, payload=b"", flags=0, request_id=0, tail=b"") -> None:
         """Write one frame; ``tail`` is appended without copying ``payload``."""
@@ -401,7 +448,7 @@ class Worker:
         """Serve frames until told to stop or the channel closes; the exit code."""
         try:
             while not _terminating.is_set():
-                frame = self.chan.inbox.get()
+                frame = self.chan.next_frame()
                 if frame is None or frame[0] == channel.STOP:
                     break
                 kind, flags, request_id, payload = frame
@@ -554,7 +601,7 @@ def main() -> int:
         return EXIT_ORPHANED
     job = json.loads(first[3])
     log_handler = _set_up_logging(chan, job)
-    threading.Thread(target=chan.read_forever, name="channel", daemon=True).start()
+    chan.watch()
     threading.Thread(target=_leave_if_orphaned, args=(chan,), daemon=True).start()
     worker = Worker(chan, job)
     if not worker.load():

@@ -113,7 +113,7 @@ class RecordingSink(CallSink):
 
     events: list = field(default_factory=list)
 
-    def reply_started(self, error: bool) -> None:
+    def reply_started(self, error: bool, producer=None) -> None:
         self.events.append(("started", error))
 
     def reply_data(self, data: bytes) -> None:

@@ -200,7 +200,7 @@ def test_saving_a_module_file_reloads_it(tmp_path):
         )
         status = srv.module_status("life")
         assert status["pid"] != pid and status["restarts"] == 1
-        assert "lifecycle.py changed; reloading now" in srv.log()
+        assert "lifecycle.py changed; reloading" in srv.log()  # now, or once idle
 
 
 def test_a_change_saved_during_a_call_takes_effect_right_after_it(tmp_path):

@@ -8,6 +8,7 @@ users type).
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import urllib.parse
@@ -614,3 +615,45 @@ def test_malformed_config_entry_is_skipped_with_a_reason(server):
 def _line(obj, plain):
     text = json.dumps(obj)
     return (text if plain else urllib.parse.quote_plus(text)).encode() + b"\n"
+
+
+# Fast paths, seen from outside ---------------------------------------------------------------
+
+
+@encodings
+def test_the_reply_encoded_by_the_worker_reaches_the_client_byte_for_byte(port, plain):
+    """The server copies the worker's reply; it neither decodes nor re-encodes it."""
+    from modserver import wire
+
+    value = ["é µ+%&=", 1.5, None, {"k": [1, 2]}, "x" * 300_000]
+    with Connection(port) as conn:
+        conn.send({"name": "basic"}, plain)
+        conn.read_line()
+        conn.send({"function": "echo", "args": value}, plain)
+        assert conn.read_line() + b"\n" == wire.encode_reply(value, plain=plain)
+
+
+def test_a_slow_client_does_not_make_the_server_hold_the_reply(server):
+    """While a client reads slowly, the worker's pipe is paused, not buffered."""
+    size = 60_000_000
+
+    def rss_kb():
+        with open(f"/proc/{server.process.pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+    response(call(server.port, "basic2", "big", size))  # the worker makes the string once
+    before, peak = rss_kb(), 0
+    with Connection(server.port) as conn:
+        conn.send({"name": "basic2"})
+        conn.read_line()
+        conn.send({"function": "big", "args": [size]})
+        received = 0
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        while received < size:
+            chunk = conn.sock.recv(65536)
+            assert chunk
+            received += len(chunk)
+            if received % (64 * 65536) < 65536:
+                peak = max(peak, rss_kb())
+                time.sleep(0.005)  # a slow reader, on purpose
+    assert peak - before < 30_000  # kB, for a 60 MB reply

@@ -767,3 +767,27 @@ def test_decode_line_of_encoded_error_round_trips(reason):
     assert plain is False
     assert message["response"] == reason and message["error"] is True
     assert message["traceback"]
+
+
+@settings(max_examples=300)
+@given(
+    st.binary(max_size=40),
+    st.integers(min_value=0, max_value=5000),
+    st.integers(min_value=0, max_value=5000),
+)
+def test_unquote_plus_matches_urllib_on_long_lines_with_few_escapes(middle, before, after):
+    """Long text with a few escapes takes the sparse path; it must agree too."""
+    data = b"x" * before + wire.quote_plus(middle) + middle + b"+y" * after
+    expected = urllib.parse.unquote_to_bytes(data.replace(b"+", b" ")).decode("utf-8", "replace")
+    assert wire.unquote_plus(data) == expected
+
+
+def test_both_unquote_paths_are_taken_and_agree():
+    sparse = b"a" * 10_000 + b"%41%2c%e9" + b"b+" * 5000
+    dense = b"%41%42%43+" * 1000
+    for data in (sparse, dense):
+        expected = urllib.parse.unquote_to_bytes(data.replace(b"+", b" ")).decode(
+            "utf-8", "replace"
+        )
+        assert wire.unquote_plus(data) == expected
+    assert wire._unquote_sparse(b"%4") is None and wire._unquote_dense(b"%4g", 1) is None
