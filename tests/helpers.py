@@ -151,25 +151,43 @@ class ServerProcess:
     def write_config(self, config: dict) -> None:
         self.config_path.write_text(json.dumps(config, indent=2))
 
-    def start(self, wait_ready: bool = True) -> ServerProcess:
-        command = [
-            *twistd_command(),
-            "-n",
-            "--pidfile=",
-            "modserver",
-            "--config",
-            str(self.config_path),
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            *self.args,
-        ]
+    def start(
+        self,
+        wait_ready: bool = True,
+        command: list[str] | None = None,
+        cwd: Path | None = None,
+        port: int | None = None,
+    ) -> ServerProcess:
+        """Run the server: twistd on our config, or ``command`` if given.
+
+        ``port``: where the command was told to listen; by default the
+        server listens on a free port, found in its log.
+        """
+        if command is None:
+            command = [
+                *twistd_command(),
+                "-n",
+                "--pidfile=",
+                "modserver",
+                "--config",
+                str(self.config_path),
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                *self.args,
+            ]
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            command, cwd=self.directory, stdout=self._log, stderr=subprocess.STDOUT
+            command, cwd=cwd or self.directory, stdout=self._log, stderr=subprocess.STDOUT
         )
         try:
-            match = wait_for(self._listening, what="the server to listen")
-            self.port = int(match.group(1))
+            if port is None:
+                self.port = int(wait_for(self._listening, what="the server to listen").group(1))
+            else:
+                wait_for(
+                    lambda: f"listening on 127.0.0.1:{port}" in self.log(),
+                    what="the server to listen",
+                )
+                self.port = port
             if wait_ready:
                 self.wait_settled()
         except BaseException:
@@ -228,6 +246,13 @@ class ServerProcess:
 
     def __exit__(self, *exc_info):
         self.stop()
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on just now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def pid_alive(pid: int) -> bool:

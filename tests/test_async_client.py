@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
 from modserver.async_client import AsyncClient, AsyncSession
 from modserver.client import ConnectionFailed, ReplyTimeout, ServerError
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, free_port
 
 CONFIG = {"basic": ["basic", "Basic", None], "dispatcher": ["dispatcher", "Dispatcher", "handle"]}
 BOUND = 15  # seconds any awaited result may take
@@ -65,10 +63,7 @@ async def test_errors(lab):
 
 @pytest_twisted.ensureDeferred
 async def test_unreachable(lab):
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     with pytest.raises(ConnectionFailed) as caught:
         await bounded(AsyncClient("127.0.0.1", port).ping())
     assert f"127.0.0.1:{port}" in str(caught.value)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from modserver import client
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, free_port
 
 CONFIG = {"basic": ["basic", "Basic", None], "broken": ["broken_import", "Broken", None]}
 
@@ -94,10 +93,7 @@ def test_a_server_error_exits_1_with_the_reason_on_stderr(server):
 
 
 def test_an_unreachable_server_exits_3(tmp_path):
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     result = subprocess.run(
         [*command(), "--port", str(port), "--host", "127.0.0.1", "ping"],
         capture_output=True,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -16,7 +15,7 @@ from modserver.client import (
     ServerError,
     client,
 )
-from tests.helpers import ServerProcess, wait_for
+from tests.helpers import ServerProcess, free_port, wait_for
 
 CONFIG = {
     "basic": ["basic", "Basic", None],
@@ -35,14 +34,6 @@ def server(tmp_path_factory):
 @pytest.fixture
 def lab(server):
     return Client("127.0.0.1", server.port, timeout=5)
-
-
-def free_port() -> int:
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    return port
 
 
 # ModuleServer's client, under its own name ----------------------------------------

@@ -18,6 +18,7 @@ from tests.helpers import (
     Connection,
     ServerProcess,
     call,
+    free_port,
     hello,
     pid_alive,
     response,
@@ -90,94 +91,58 @@ def test_port_in_use_is_a_one_line_error_and_starts_no_worker(tmp_path):
 
 def test_without_config_it_serves_the_bundled_demo(tmp_path):
     srv = ServerProcess(tmp_path, config=None)
-    srv.config_path.unlink(missing_ok=True)
-    process = subprocess.Popen(
-        [
-            *twistd_command(),
-            "-n",
-            "--pidfile=",
-            "modserver",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-        ],
-        cwd=tmp_path,
-        stdout=open(srv.log_path, "wb"),
-        stderr=subprocess.STDOUT,
-    )
-    srv.process, srv._log = process, open(os.devnull, "wb")
-    try:
-        srv.port = int(wait_for(srv._listening, what="the demo server").group(1))
-        srv.wait_settled()
+    command = [
+        *twistd_command(),
+        "-n",
+        "--pidfile=",
+        "modserver",
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+    ]
+    with srv.start(command=command):
         assert "serving the bundled demo modules" in srv.log()
         assert response(hello(srv.port, "_get_modules")) == ["echo", "laser", "wavemeter"]
         assert response(call(srv.port, "echo", "add", 2, 3)) == 5
         assert response(call(srv.port, "laser", "set_wavelength", 800)) == 800.0
         assert isinstance(response(call(srv.port, "wavemeter", "GetPower", 1)), float)
-    finally:
-        srv.stop()
 
 
 def test_server_config_in_the_working_directory_is_used(tmp_path):
     srv = ServerProcess(tmp_path, {"only": ["basic", "Basic", None]})
-    process = subprocess.Popen(
-        [
-            *twistd_command(),
-            "-n",
-            "--pidfile=",
-            "modserver",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-        ],
-        cwd=tmp_path,
-        stdout=open(srv.log_path, "wb"),
-        stderr=subprocess.STDOUT,
-    )
-    srv.process, srv._log = process, open(os.devnull, "wb")
-    try:
-        srv.port = int(wait_for(srv._listening, what="the server").group(1))
+    command = [
+        *twistd_command(),
+        "-n",
+        "--pidfile=",
+        "modserver",
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+    ]
+    with srv.start(command=command, wait_ready=False):
         assert response(hello(srv.port, "_get_modules")) == ["only"]
-    finally:
-        srv.stop()
 
 
 def test_port_and_interface_shortcuts(tmp_path):
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     srv = ServerProcess(tmp_path, {"basic": ["basic", "Basic", None]})
-    log = open(srv.log_path, "wb")
-    process = subprocess.Popen(
-        [
-            *twistd_command(),
-            "-n",
-            "--pidfile=",
-            "modserver",
-            "--config",
-            str(srv.config_path),
-            "--port",
-            str(port),
-            "--interface",
-            "localhost",
-        ],
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    srv.process, srv._log = process, log
-    try:
-        wait_for(lambda: f"listening on 127.0.0.1:{port}" in srv.log(), what="the server")
+    command = [
+        *twistd_command(),
+        "-n",
+        "--pidfile=",
+        "modserver",
+        "--config",
+        str(srv.config_path),
+        "--port",
+        str(port),
+        "--interface",
+        "localhost",
+    ]
+    with srv.start(command=command, port=port, wait_ready=False):
         assert response(hello(port, "_ping"))[0] == "127.0.0.1"
-    finally:
-        srv.stop()
 
 
 def test_compatible_server_main_runs_the_same_server(tmp_path):
     """A server.py written for the original: server.main(name, config, ip, port, level, log)."""
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     srv = ServerProcess(tmp_path, {"basic": ["basic", "Basic", None]})
     (tmp_path / "server.py").write_text(
         "import logging, os\n"
@@ -187,15 +152,8 @@ def test_compatible_server_main_runs_the_same_server(tmp_path):
         f"    server.main('HW Server', os.path.join(BASE, 'server.config'), 'localhost', {port},\n"
         "                logging.INFO, os.path.join(BASE, 'logs', 'server.log'))\n"
     )
-    log = open(srv.log_path, "wb")
-    process = subprocess.Popen(
-        [sys.executable, "server.py"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT
-    )
-    srv.process, srv._log = process, log
+    srv.start(command=[sys.executable, "server.py"], port=port)
     try:
-        wait_for(lambda: f"listening on 127.0.0.1:{port}" in srv.log(), what="server.main")
-        srv.port = port
-        srv.wait_settled()
         assert response(call(port, "basic", "add", 1, 2)) == 3
         assert response(hello(port, "_status"))["server"]["name"] == "HW Server"
         wait_for(
@@ -305,9 +263,8 @@ def test_imports_resolve_in_the_config_directory_then_the_working_directory(tmp_
     (cwd / "cwd_only.py").write_text(source.format("working directory"))
     config = {"a": ["shadowed", "Where", None], "b": ["cwd_only", "Where", None]}
     srv = ServerProcess(config_dir, config)
-    log = open(srv.log_path, "wb")
-    srv.process = subprocess.Popen(
-        [
+    srv.start(
+        command=[
             *twistd_command(),
             "-n",
             "--pidfile=",
@@ -318,13 +275,8 @@ def test_imports_resolve_in_the_config_directory_then_the_working_directory(tmp_
             "tcp:0:interface=127.0.0.1",
         ],
         cwd=cwd,
-        stdout=log,
-        stderr=subprocess.STDOUT,
     )
-    srv._log = log
     try:
-        srv.port = int(wait_for(srv._listening, what="the server").group(1))
-        srv.wait_settled()
         assert response(call(srv.port, "a", "where")) == "config directory"
         assert response(call(srv.port, "b", "where")) == "working directory"
     finally:
@@ -399,27 +351,19 @@ def test_the_server_stops_every_worker_after_its_exit_hook(tmp_path, sig):
 
 def test_the_example_project_runs_as_is(tmp_path):
     """examples/: the original README's project, served from the repository as it is."""
-    examples = ROOT / "examples"
-    log = tmp_path / "server.log"
-    process = subprocess.Popen(
-        [
-            *twistd_command(),
-            "-n",
-            "--pidfile=",
-            "modserver",
-            "--config",
-            str(examples / "server.config"),
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-        ],
-        cwd=tmp_path,
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,
-    )
-    srv = ServerProcess.__new__(ServerProcess)
-    srv.process, srv.log_path, srv._log = process, log, open(os.devnull, "wb")
+    srv = ServerProcess(tmp_path, config=None)
+    command = [
+        *twistd_command(),
+        "-n",
+        "--pidfile=",
+        "modserver",
+        "--config",
+        str(ROOT / "examples" / "server.config"),
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+    ]
+    srv.start(command=command, wait_ready=False)
     try:
-        srv.port = int(wait_for(srv._listening, what="the example server").group(1))
         assert response(hello(srv.port, "_get_modules")) == ["moduleA", "moduleB"]
         # moduleA takes 3 s to start: the call waits for it rather than failing
         reply = call(srv.port, "moduleA", "anything", "ay", 1, False, None)
