@@ -108,7 +108,7 @@ class WorkerProcess(protocol.ProcessProtocol):
     def frame_started(self, kind: int, flags: int, request_id: int, length: int) -> None:
         self._kind = kind
         if kind == channel.REPLY:
-            self.supervisor.worker_reply_started(self, flags, request_id)
+            self.supervisor.worker_reply_started(self, flags, request_id, length)
         else:
             self._chunks = []
 

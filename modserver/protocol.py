@@ -49,6 +49,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._call: Call | None = None
         self._reply_error = False
         self._timer = None
+        self._deadline: float | None = None
         self._closing = False
         self._waiting = False  # for a module's reply or a reload
         self._eof = False  # the client closed its sending side
@@ -152,7 +153,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
 
     def _reload(self, module: str, plain: bool) -> None:
         self.hold_lines()
-        self._cancel_timer()
+        self._busy()
         self._waiting = True
         if not module:
             try:
@@ -211,7 +212,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         if problem:
             self._fail(bad_request(problem), plain)
             return
-        self._cancel_timer()
+        self._busy()
         self.hold_lines()
         self._waiting = True
         self._call = Call(
@@ -292,11 +293,34 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             self._close()
 
     def _idle(self, seconds: float) -> None:
-        """(Re)start the timer that closes an idle connection."""
-        self._cancel_timer()
-        self._timer = self.server.reactor.callLater(seconds, self._close)
+        """Close the connection if it stays idle for ``seconds`` from now.
+
+        One timer per connection, moved lazily: a keep-alive session making
+        thousands of calls a second does not schedule and cancel one per call.
+        """
+        reactor = self.server.reactor
+        self._deadline = reactor.seconds() + seconds
+        if self._timer is None or not self._timer.active():
+            self._timer = reactor.callLater(seconds, self._check_idle)
+        elif self._timer.getTime() > self._deadline:
+            self._timer.reset(seconds)
+
+    def _busy(self) -> None:
+        """A request or a reload is in progress: no idle deadline meanwhile."""
+        self._deadline = None
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        if self._deadline is None or self._closing:
+            return  # busy: the next _idle sets a new deadline
+        remaining = self._deadline - self.server.reactor.seconds()
+        if remaining <= 0:
+            self._close()
+        else:
+            self._timer = self.server.reactor.callLater(remaining, self._check_idle)
 
     def _cancel_timer(self) -> None:
+        self._deadline = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

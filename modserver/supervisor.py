@@ -30,6 +30,9 @@ WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker
 OUTPUT_TAIL = 60
 OUTPUT_TAIL_LINE = 500
 
+# Replies longer than this are flow-controlled: a slow client pauses the worker.
+STREAMED_REPLY = 1024 * 1024
+
 # An error reply is read (to name its type in the access log) up to this size.
 ERROR_PEEK = 64 * 1024
 
@@ -322,7 +325,9 @@ class ModuleSupervisor:
         elif kind == channel.LOG:
             self._module_log(info)
 
-    def worker_reply_started(self, proc: WorkerProcess, flags: int, request_id: int) -> None:
+    def worker_reply_started(
+        self, proc: WorkerProcess, flags: int, request_id: int, length: int = 0
+    ) -> None:
         call = self._current
         if proc is not self._process or call is None or call.request_id != request_id:
             self.log.warn("dropping an unexpected reply from {module}'s worker", module=self.name)
@@ -333,7 +338,9 @@ class ModuleSupervisor:
         self._reply_target = call
         self._reply_error = bool(flags & channel.ERROR)
         self._error_peek = [] if self._reply_error and self.access is not None else None
-        self._to_sink(call, "reply_started", self._reply_error, proc)
+        # Only a long reply can outrun its client; a short one fits the buffers.
+        producer = proc if length > STREAMED_REPLY else None
+        self._to_sink(call, "reply_started", self._reply_error, producer)
 
     def worker_reply_data(self, proc: WorkerProcess, data: bytes) -> None:
         if proc is self._process and self._reply_target is not None:

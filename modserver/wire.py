@@ -25,6 +25,11 @@ SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
 # with ensure_ascii has fewer than 40 of them.  Past this, urllib is cheaper.
 _MAX_REPLACE_PASSES = 48
 
+# Fewer escapes than one per this many bytes: find them and join once
+# (each replace or translate pass allocates a whole new buffer, and fresh
+# memory costs page faults); more: whole-buffer C passes.
+_SPARSE = 256
+
 _AS_QUOTED_PRINTABLE = bytes.maketrans(b"%+", b"= ")
 _PLAIN = re.compile(rb"[ \t]*\{")
 
@@ -36,31 +41,63 @@ class DecodeError(ValueError):
 def quote_plus(data: bytes) -> bytes:
     """Return ``urllib.parse.quote_plus(data)`` as bytes, byte for byte.
 
-    urllib maps every byte through a Python-level lookup (about 30 MB/s);
-    here each distinct unsafe byte costs one C-level ``bytes.replace`` pass,
-    which makes large JSON replies 10-50 times faster.
+    urllib maps every byte through a Python-level lookup (about 30 MB/s).
+    Here, when the bytes to escape are few (a long string), their places are
+    found with ``find`` and the result is joined once; when they are many
+    (JSON numbers), each distinct one costs a C-level ``bytes.replace``
+    pass.  Either way, large replies are 10-50 times faster.
     """
     unsafe = data.translate(None, SAFE)
     if not unsafe:
         return data
     present = set()
-    while unsafe:
-        byte = unsafe[:1]
+    rest = unsafe
+    while rest:
+        byte = rest[:1]
         present.add(byte)
         if len(present) > _MAX_REPLACE_PASSES:
             import urllib.parse  # a rare case: not worth its import in every worker
 
             return urllib.parse.quote_plus(data).encode("ascii")
-        unsafe = unsafe.replace(byte, b"")
+        rest = rest.replace(byte, b"")
+    if len(unsafe) * _SPARSE < len(data):
+        return _quote_sparse(data, present)
     # "%" first, so that the escapes added later are not escaped again;
     # the space last, so that the "+" it becomes is not taken for a "+".
     if b"%" in present:
         data = data.replace(b"%", b"%25")
     for byte in present - {b"%", b" "}:
-        data = data.replace(byte, b"%%%02X" % byte[0])
+        data = data.replace(byte, _ESCAPE[byte[0]])
     if b" " in present:
         data = data.replace(b" ", b"+")
     return data
+
+
+# The escape of each byte, as quote_plus writes it.
+_ESCAPE = [b"%%%02X" % i for i in range(256)]
+_ESCAPE[0x20] = b"+"
+
+
+def _places(data: bytes, bytes_: set) -> list:
+    """Where in ``data`` each of ``bytes_`` occurs, in order (memchr, no copies)."""
+    places = []
+    for byte in bytes_:
+        at = data.find(byte)
+        while at >= 0:
+            places.append(at)
+            at = data.find(byte, at + 1)
+    places.sort()
+    return places
+
+
+def _quote_sparse(data: bytes, present: set) -> bytes:
+    view, pieces, start = memoryview(data), [], 0
+    for at in _places(data, present):
+        pieces.append(view[start:at])
+        pieces.append(_ESCAPE[data[at]])
+        start = at + 1
+    pieces.append(view[start:])
+    return b"".join(pieces)
 
 
 def unquote_plus(data: bytes) -> str:
@@ -93,8 +130,6 @@ def unquote_plus(data: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
-# Below one escape per this many bytes, jumping between escapes beats a2b_qp.
-_SPARSE = 256
 _HEX = {b"%02x" % i: bytes((i,)) for i in range(256)}
 _HEX.update({b"%02X" % i: bytes((i,)) for i in range(256)})
 _HEX.update({b"%X%x" % (i >> 4, i & 15): bytes((i,)) for i in range(256)})
