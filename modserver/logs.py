@@ -125,28 +125,31 @@ class ModuleOutput:
         self.log.info("output: {line}", module=self.name, line=text, output=True)
 
     def _tally(self) -> None:
+        """Timer body: report what was left out, and look again later if anything was."""
+        self._report = None
+        if self._say_dropped():
+            self._report = self.clock.callLater(self.report_every, self._tally)
+
+    def _say_dropped(self) -> bool:
         lines, size = self.budget.tally()
-        if not lines:
-            self._report = None
-            return
-        self.log.warn(
-            "output flood: {lines} lines ({size} bytes) of {module}'s output were "
-            "not logged in the last {seconds:g} s",
-            module=self.name,
-            lines=lines,
-            size=size,
-            seconds=self.report_every,
-            dropped_lines=lines,
-            dropped_bytes=size,
-        )
-        self._report = self.clock.callLater(self.report_every, self._tally)
+        if lines:
+            self.log.warn(
+                "output flood: {lines} lines ({size} bytes) of {module}'s output were "
+                "not logged in the last {seconds:g} s",
+                module=self.name,
+                lines=lines,
+                size=size,
+                seconds=self.report_every,
+                dropped_lines=lines,
+                dropped_bytes=size,
+            )
+        return bool(lines)
 
     def stop(self) -> None:
+        """The worker is gone for good: report what is left out, and stop looking."""
         if self._report is not None and self._report.active():
             self._report.cancel()
-            self._tally()
-            if self._report is not None and self._report.active():
-                self._report.cancel()
+            self._say_dropped()
         self._report = None
 
 

@@ -12,7 +12,7 @@ import collections
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.logger import LogLevel
@@ -83,7 +83,7 @@ class Call:
     request_id: int = 0
     received: float | None = None
     started: float | None = None
-    answered: bool = field(default=False)
+    answered: bool = False
 
     def fail(self, err: ReplyError) -> None:
         """Answer with an error reply (unless a reply has begun already)."""
@@ -116,6 +116,7 @@ class ModuleSupervisor:
         self.settings = settings
         self.reactor = reactor
         self.log = logs.for_module(spec.name)
+        self.module_log = logs.for_module(spec.name, "module")
         self.access = logs.for_module(spec.name, "access") if settings.access_log else None
         self.output = logs.ModuleOutput(spec.name, reactor)
         self.state = State.STOPPED
@@ -142,7 +143,6 @@ class ModuleSupervisor:
         self._reply_target: Call | None = None
         self._reply_error = False
         self._error_peek: list[bytes] | None = None
-        self.module_log = logs.for_module(spec.name, "module")
 
     @property
     def name(self) -> str:
@@ -170,7 +170,7 @@ class ModuleSupervisor:
         The Deferred fails with LoadFailed if the new worker cannot load.
         """
         waiter = defer.Deferred()
-        if self._pending == "stop" or self.state is State.STOPPED and self._stop_reason:
+        if self._stop_reason is not None:  # stopped for good
             waiter.errback(LoadFailed(self._stop_reason))
             return waiter
         self._ready_waiters.append(waiter)
@@ -230,8 +230,8 @@ class ModuleSupervisor:
     def submit(self, call: Call) -> None:
         """Queue a call; it is answered now if the module cannot take it."""
         call.received = self.reactor.seconds()
-        if self._pending == "stop" or self._stop_reason is not None:
-            self._fail_call(call, self._stop_reason)  # stopped for good (not yet started: it waits)
+        if self._stop_reason is not None:  # stopped for good (one not yet started: calls wait)
+            self._fail_call(call, self._stop_reason)
             return
         refusal = self.hello_error()
         if refusal is not None:
@@ -651,6 +651,7 @@ class ModuleSupervisor:
             self._spawn()
             return
         self._set_state(State.STOPPED)
+        self.output.stop()  # say now how much of a flood went unlogged
         self.log.info("stopped", module=self.name)
         waiters, self._stopped_waiters = self._stopped_waiters, []
         for waiter in waiters:
