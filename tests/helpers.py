@@ -32,6 +32,11 @@ def twistd_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; run()"]
 
 
+def modserver_command() -> list[str]:
+    """``twistd -n modserver`` in the foreground, without a pid file."""
+    return [*twistd_command(), "-n", "--pidfile=", "modserver"]
+
+
 def wait_for(condition, timeout: float = 15.0, interval: float = 0.02, what: str = "condition"):
     """Poll ``condition()`` until it returns a true value; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -165,10 +170,7 @@ class ServerProcess:
         """
         if command is None:
             command = [
-                *twistd_command(),
-                "-n",
-                "--pidfile=",
-                "modserver",
+                *modserver_command(),
                 "--config",
                 str(self.config_path),
                 "--listen",

@@ -20,9 +20,9 @@ from tests.helpers import (
     call,
     free_port,
     hello,
+    modserver_command,
     pid_alive,
     response,
-    twistd_command,
     wait_for,
 )
 
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_twistd(args, cwd, timeout=30):
     return subprocess.run(
-        [*twistd_command(), "-n", "--pidfile=", "modserver", *args],
+        [*modserver_command(), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -92,10 +92,7 @@ def test_port_in_use_is_a_one_line_error_and_starts_no_worker(tmp_path):
 def test_without_config_it_serves_the_bundled_demo(tmp_path):
     srv = ServerProcess(tmp_path, config=None)
     command = [
-        *twistd_command(),
-        "-n",
-        "--pidfile=",
-        "modserver",
+        *modserver_command(),
         "--listen",
         "tcp:0:interface=127.0.0.1",
     ]
@@ -110,10 +107,7 @@ def test_without_config_it_serves_the_bundled_demo(tmp_path):
 def test_server_config_in_the_working_directory_is_used(tmp_path):
     srv = ServerProcess(tmp_path, {"only": ["basic", "Basic", None]})
     command = [
-        *twistd_command(),
-        "-n",
-        "--pidfile=",
-        "modserver",
+        *modserver_command(),
         "--listen",
         "tcp:0:interface=127.0.0.1",
     ]
@@ -125,10 +119,7 @@ def test_port_and_interface_shortcuts(tmp_path):
     port = free_port()
     srv = ServerProcess(tmp_path, {"basic": ["basic", "Basic", None]})
     command = [
-        *twistd_command(),
-        "-n",
-        "--pidfile=",
-        "modserver",
+        *modserver_command(),
         "--config",
         str(srv.config_path),
         "--port",
@@ -265,10 +256,7 @@ def test_imports_resolve_in_the_config_directory_then_the_working_directory(tmp_
     srv = ServerProcess(config_dir, config)
     srv.start(
         command=[
-            *twistd_command(),
-            "-n",
-            "--pidfile=",
-            "modserver",
+            *modserver_command(),
             "--config",
             str(srv.config_path),
             "--listen",
@@ -353,10 +341,7 @@ def test_the_example_project_runs_as_is(tmp_path):
     """examples/: the original README's project, served from the repository as it is."""
     srv = ServerProcess(tmp_path, config=None)
     command = [
-        *twistd_command(),
-        "-n",
-        "--pidfile=",
-        "modserver",
+        *modserver_command(),
         "--config",
         str(ROOT / "examples" / "server.config"),
         "--listen",

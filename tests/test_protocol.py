@@ -96,6 +96,13 @@ class Client:
         return self.transport.disconnecting
 
 
+def reply(call, error=False, line=b"{}\n"):
+    """The worker's whole reply to ``call`` reaching the client connection."""
+    call.sink.reply_started(error)
+    call.sink.reply_data(line)
+    call.sink.reply_finished(True)
+
+
 def test_ping_answers_the_peer_address_and_closes():
     client = Client()
     client.send({"name": None})
@@ -159,9 +166,7 @@ def test_lines_after_a_request_wait_for_its_reply():
     module = client.server.modules["laser"]
     assert [c.function for c in module.submitted] == ["a"]
     call = module.submitted[0]
-    call.sink.reply_started(False)
-    call.sink.reply_data(b'{"response": 1, "error": false, "traceback": ""}\n')
-    call.sink.reply_finished(True)
+    reply(call, line=b'{"response": 1, "error": false, "traceback": ""}\n')
     assert [c.function for c in module.submitted] == ["a", "b"]
 
 
@@ -170,9 +175,7 @@ def test_keep_alive_idle_timeout_closes_after_one_second():
     client.send({"name": "laser"})
     client.send({"function": "a", "keep_alive": True})
     call = client.server.modules["laser"].submitted[0]
-    call.sink.reply_started(False)
-    call.sink.reply_data(b"{}\n")
-    call.sink.reply_finished(True)
+    reply(call)
     client.server.reactor.advance(0.99)
     assert not client.closed
     client.server.reactor.advance(0.02)
@@ -196,9 +199,7 @@ def test_error_reply_closes_even_with_keep_alive():
     client.send({"name": "laser"})
     client.send({"function": "a", "keep_alive": True})
     call = client.server.modules["laser"].submitted[0]
-    call.sink.reply_started(True)
-    call.sink.reply_data(b"{}\n")
-    call.sink.reply_finished(True)
+    reply(call, error=True)
     assert client.closed
 
 
@@ -299,7 +300,5 @@ def test_half_close_while_a_call_runs_closes_after_its_reply():
     client.protocol.readConnectionLost()
     assert not client.closed
     call = client.server.modules["laser"].submitted[0]
-    call.sink.reply_started(False)
-    call.sink.reply_data(b"{}\n")
-    call.sink.reply_finished(True)
+    reply(call)
     assert client.closed
