@@ -20,7 +20,6 @@ from zope.interface import implementer
 
 from modserver import channel
 from modserver.lifecycle import describe_exit
-from modserver.transport import write_now
 
 if TYPE_CHECKING:
     from modserver.supervisor import ModuleSupervisor
@@ -99,9 +98,8 @@ class WorkerProcess(protocol.ProcessProtocol):
         """Write frame bytes to the worker (pieces avoid copying big requests)."""
         if self.transport is None or self.exit_description is not None:
             return
-        stdin = getattr(self.transport, "pipes", {}).get(0)
-        if stdin is not None and sum(map(len, pieces)) <= SMALL_FRAME:
-            write_now(stdin, b"".join(pieces))
+        if sum(map(len, pieces)) <= SMALL_FRAME:
+            self.transport.write(b"".join(pieces))
         else:
             self.transport.writeSequence(list(pieces))
 

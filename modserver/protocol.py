@@ -18,7 +18,6 @@ from modserver import wire
 from modserver.errors import ReplyError, bad_request
 from modserver.lines import ChunkedLineReceiver
 from modserver.supervisor import Call, CallSink, LoadFailed
-from modserver.transport import write_now
 
 if TYPE_CHECKING:
     from modserver.service import ModServer
@@ -189,7 +188,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             self._fail(refusal, plain)
             return
         self._supervisor = supervisor
-        write_now(self.transport, wire.encode_reply("ack", plain=plain))
+        self.transport.write(wire.encode_reply("ack", plain=plain))
         self._await_input(self.settings.idle_timeout)
 
     # Step 2: requests -------------------------------------------------------
@@ -239,7 +238,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
     def reply_data(self, data: bytes) -> None:
         """A piece of the encoded reply: straight to the client."""
         if not self._closing:
-            write_now(self.transport, data)
+            self.transport.write(data)
 
     def reply_finished(self, complete: bool) -> None:
         """The reply is done: close, or wait for the next keep-alive request."""
@@ -256,13 +255,13 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
     def _answer(self, response, plain: bool) -> None:
         """A successful reply that ends the connection."""
         if not self._closing:
-            write_now(self.transport, wire.encode_reply(response, plain=plain))
+            self.transport.write(wire.encode_reply(response, plain=plain))
         self._close()
 
     def _fail(self, err: ReplyError, plain: bool) -> None:
         """An error reply; the connection always closes after one."""
         if not self._closing:
-            write_now(self.transport, err.line(plain))
+            self.transport.write(err.line(plain))
         self._close()
 
     def _close(self) -> None:
