@@ -6,14 +6,15 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from twisted.application import service, strports
-from twisted.internet import defer, error, task
+from twisted.application import service
+from twisted.internet import defer, task
 from twisted.logger import LogLevel, globalLogPublisher
 
 import modserver
 from modserver import logs
 from modserver.config import Config, ConfigError, read_config
 from modserver.errors import ReplyError
+from modserver.listeners import Listener
 from modserver.protocol import ClientFactory
 from modserver.supervisor import ModuleSupervisor, WorkerSettings
 from modserver.watcher import FileWatch
@@ -86,14 +87,12 @@ class ModServer(service.MultiService):
         # Not child services: they must listen before anything else starts,
         # and exactly once under both twistd and twist (see _listen).
         self._listeners = [
-            ("clients", description, strports.service(description, self.factory, reactor))
+            Listener("clients", description, self.factory, reactor)
             for description in settings.listen
         ]
         if settings.http is not None:
             site = StatusSite(StatusPage(self))
-            self._listeners.append(
-                ("status page", settings.http, strports.service(settings.http, site, reactor))
-            )
+            self._listeners.append(Listener("status page", settings.http, site, reactor))
         self.log_tail = logs.LogTail()
         self._observers: list = []
         self._json_stream = None
@@ -134,7 +133,7 @@ class ModServer(service.MultiService):
         """Stop listening, then stop every worker (each gets its ``__exit__``)."""
         if self._poller.running:
             self._poller.stop()
-        listening = [defer.maybeDeferred(listener.stopService) for *_, listener in self._listeners]
+        listening = [listener.stop() for listener in self._listeners]
         children = super().stopService()
         reason = ReplyError("ServerStopping", "the server is shutting down")
         stopping = [s.stop(reason) for s in self.supervisors.values()]
@@ -163,26 +162,9 @@ class ModServer(service.MultiService):
         return result
 
     def _listen(self) -> None:
-        for kind, description, listener in self._listeners:
-            if listener.running:
-                continue
-            try:
-                listener.startService()
-            except error.CannotListenError as exc:
-                reason = exc.socketError
-                raise SystemExit(f"modserver: cannot listen on {description}: {reason}") from None
-            except Exception as exc:
-                raise SystemExit(f"modserver: cannot listen on {description}: {exc}") from None
-            listener._waitingForPort.addCallback(self._listening, kind)
-
-    def _listening(self, port, kind: str):
-        address = port.getHost()
-        host, number = getattr(address, "host", address), getattr(address, "port", "")
-        if kind == "status page":
-            self.log.info("status page on http://{host}:{port}/", host=host, port=number)
-        else:
-            self.log.info("listening on {host}:{port}", host=host, port=number)
-        return port
+        for listener in self._listeners:
+            if not listener.started:
+                listener.start()
 
     # What clients ask for ----------------------------------------------------
 

@@ -203,7 +203,7 @@ def test_it_runs_under_twist_too(tmp_path):
     def port_from_json_log():
         for line in srv.log_path.read_text().splitlines():
             event = json.loads(line.lstrip("\x1e")) if line.strip() else {}
-            if event.get("log_format") == "listening on {host}:{port}":
+            if event.get("log_format") == "listening on {host}:{port}{security}":
                 return event["port"]
         return None
 

@@ -1,0 +1,72 @@
+"""The server's listening sockets, from endpoint strings.
+
+A port that cannot be had must stop the server before any worker starts,
+with one line saying why; the listeners also say where they listen and
+whether it is TLS.  Twisted's ``strports.service`` hides the port it gets,
+so this keeps the endpoint's Deferred itself.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer, endpoints, error
+
+from modserver import logs
+
+# Endpoint prefixes that serve TLS, and how the log names them.
+TLS_PREFIXES = {"ssl": "TLS", "tls": "TLS", "mtls": "mutual TLS"}
+
+
+def security(description: str) -> str:
+    """``"TLS"``, ``"mutual TLS"`` or ``""`` (plain TCP) for an endpoint string."""
+    return TLS_PREFIXES.get(description.split(":", 1)[0].strip().lower(), "")
+
+
+class Listener:
+    """One endpoint the server listens on, for clients or for the status page."""
+
+    log = logs.server_log
+
+    def __init__(self, kind: str, description: str, factory, reactor) -> None:
+        self.kind = kind
+        self.description = description
+        self.factory = factory
+        self.reactor = reactor
+        self.port = None  # the IListeningPort, once listening
+        self._listening: defer.Deferred | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._listening is not None
+
+    def start(self) -> None:
+        """Listen; SystemExit with the reason if the endpoint cannot be had now."""
+        endpoint = endpoints.serverFromString(self.reactor, self.description)
+        failures = []
+        self._listening = endpoint.listen(self.factory)
+        self._listening.addCallbacks(self._listened, failures.append)
+        if failures:  # TCP, TLS, UNIX and systemd endpoints fail at once
+            exc = failures[0].value
+            reason = exc.socketError if isinstance(exc, error.CannotListenError) else exc
+            raise SystemExit(f"modserver: cannot listen on {self.description}: {reason}")
+
+    def _listened(self, port) -> None:
+        self.port = port
+        address = port.getHost()
+        host, number = getattr(address, "host", address), getattr(address, "port", "")
+        if self.kind == "status page":
+            self.log.info("status page on http://{host}:{port}/", host=host, port=number)
+            return
+        kind = security(self.description)
+        self.log.info(
+            "listening on {host}:{port}{security}",
+            host=host,
+            port=number,
+            security=f" ({kind})" if kind else "",
+        )
+
+    def stop(self) -> defer.Deferred:
+        """Stop listening (connections already made are not closed)."""
+        if self.port is None:
+            return defer.succeed(None)
+        port, self.port = self.port, None
+        return defer.maybeDeferred(port.stopListening)
