@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from modserver.access import Rule, parse_rule
 from modserver.watcher import content_digest
 
 DEFAULT_QUEUE_LIMIT = 100
@@ -36,7 +37,11 @@ _OPTIONS = (
     "timeout",
     "queue_limit",
     "watch",
+    "allow",
 )
+
+# Options whose change applies at once; a change to any other restarts the worker.
+LIVE_FIELDS = ("allow",)
 
 
 class ConfigError(Exception):
@@ -61,6 +66,12 @@ class ModuleSpec:
     timeout: float | None = None
     queue_limit: int = DEFAULT_QUEUE_LIMIT
     watch: tuple[str, ...] = ()
+    allow: tuple[Rule, ...] | None = None  # who may open it (None: whoever the server admits)
+
+    def needs_restart(self, other: ModuleSpec) -> bool:
+        """True if ``other`` differs in more than the options that apply at once."""
+        live = {name: getattr(other, name) for name in LIVE_FIELDS}
+        return dataclasses.replace(self, **live) != other
 
 
 @dataclass(frozen=True)
@@ -177,6 +188,7 @@ def _object_entry(name, value, base_dir, python, which) -> ModuleSpec:
         timeout=_timeout(value.get("timeout")),
         queue_limit=_queue_limit(value.get("queue_limit", DEFAULT_QUEUE_LIMIT)),
         watch=_watch(value.get("watch"), base_dir),
+        allow=_allow(value.get("allow")),
     )
 
 
@@ -244,3 +256,19 @@ def _watch(value, base_dir) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
         raise _BadEntry('"watch" must be a path or a list of paths')
     return tuple(os.path.normpath(os.path.join(base_dir, p)) for p in value)
+
+
+def _allow(value) -> tuple[Rule, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise _BadEntry(
+            '"allow" must be a list of networks and cn:NAME entries, '
+            'like ["10.0.1.0/24", "cn:alice"]'
+        )
+    try:
+        return tuple(parse_rule(item) for item in value)
+    except ValueError as exc:
+        raise _BadEntry(f'"allow": {exc}') from None

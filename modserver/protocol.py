@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from modserver import wire
+from modserver.access import Identity
 from modserver.errors import ReplyError, bad_request
 from modserver.lines import ChunkedLineReceiver
 from modserver.supervisor import Call, CallSink, LoadFailed
@@ -26,8 +27,13 @@ RELOAD = "_reload_"
 GET_MODULES = "_get_modules"
 STATUS = "_status"
 
+# A client the server refuses gets this long to send its first line (the
+# refusal is answered in that line's encoding), and a line this long at most.
+REFUSAL_WAIT = 5.0
+REFUSAL_MAX_LINE = 64 * 1024
 
-@implementer(interfaces.IHalfCloseableProtocol)
+
+@implementer(interfaces.IHalfCloseableProtocol, interfaces.IHandshakeListener)
 class ClientProtocol(ChunkedLineReceiver, CallSink):
     """One client connection: a hello, then requests to one module.
 
@@ -36,6 +42,11 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
     side at once and wait for the answer, so they get it; a program that
     gave up (MATLAB after its 2 s timeout) has its waiting request dropped
     instead of run for nobody.
+
+    Who the client is (``identity``: its address and, over mutual TLS, its
+    certificate's CN) decides what it may do; the server's AccessPolicy
+    answers.  A client the policy does not admit gets one ``Forbidden``
+    reply, in the encoding of its first line, and is closed.
     """
 
     log = Logger()
@@ -54,6 +65,10 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._eof = False  # the client closed its sending side
         self._plain = True  # the mode of the last line received
         self._producer = None  # the worker channel a reply streams from
+        self._refusal: ReplyError | None = None  # set for a client not admitted
+        self.identity = Identity(None)
+        self._admin = False  # may this client's timeouts end a worker?
+        self._handshake_done = False
 
     # Connection ---------------------------------------------------------
 
@@ -63,8 +78,24 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "")
         self.client_port = getattr(peer, "port", 0)
+        self.identity = Identity.of(self.client_ip)
         self._call_meta = json.dumps({"client": self.client_ip}).encode("utf-8") + b"\n"
-        self._idle(self.settings.idle_timeout)
+        if self.server.access.admits(self.identity):
+            self._idle(self.settings.idle_timeout)
+            return
+        self._refusal = ReplyError(
+            "Forbidden",
+            f"{self.identity} may not use this server; the operator can admit it with --allow",
+        )
+        self.MAX_LENGTH = min(self.MAX_LENGTH, REFUSAL_MAX_LINE)
+        self._idle(REFUSAL_WAIT)
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up: over mutual TLS, the client's certificate names it."""
+        self._handshake_done = True
+        cn = certificate_cn(self.transport.getPeerCertificate())
+        if cn is not None:
+            self.identity = Identity(self.identity.address, cn)
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         """The connection is gone: give up the module and any waiting request."""
@@ -74,6 +105,13 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._unregister_producer()
         if self._supervisor is not None:
             self._supervisor.release(self)
+        if not self._handshake_done and _tls_failure(reason):
+            # Over mutual TLS, a client without an accepted certificate ends here.
+            self.server.refused(
+                self.identity,
+                "tls",
+                f"{self.identity} failed the TLS handshake ({reason.getErrorMessage()})",
+            )
 
     def readConnectionLost(self) -> None:
         """The client will send no more: serve a plain-JSON client, else let go."""
@@ -96,6 +134,9 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         if not line or line.isspace():
             return
         plain = self._plain = wire.is_plain(line)
+        if self._refusal is not None:
+            self._refuse(self._refusal, "server", plain)
+            return
         try:
             text = line if plain else wire.unquote_plus(line)
             message = json.loads(text)
@@ -109,6 +150,9 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """A line over the limit: say so, then hang up."""
+        if self._refusal is not None:
+            self._refuse(self._refusal, "server", wire.is_plain(line))
+            return
         err = ReplyError(
             "LineTooLong",
             f"the message is longer than the server's limit of {self.MAX_LENGTH} bytes",
@@ -134,9 +178,10 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
                 bad_request(f'"name" must be a string or null, not {json.dumps(name)}'), plain
             )
         elif name == "_help":
-            self._answer(self.server.help_text(), plain)
+            self._answer(self.server.help_text(self.identity), plain)
         elif name == GET_MODULES or name.startswith(GET_MODULES + "."):
-            self._answer(self.server.module_names(name[len(GET_MODULES) + 1 :]), plain)
+            prefix = name[len(GET_MODULES) + 1 :]
+            self._answer(self.server.module_names(prefix, self.identity), plain)
         elif name == STATUS or name.startswith(STATUS + "."):
             self._status(name[len(STATUS) + 1 :], plain)
         elif name.startswith(RELOAD):
@@ -147,10 +192,33 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
     def _status(self, module: str, plain: bool) -> None:
         if module and self.server.module(module) is None:
             self._fail(bad_request(f"{module} does not exist (case matters)"), plain)
+        elif module and not self.server.may_open(self.identity, module):
+            self._refuse(self._module_refusal(module), module, plain)
         else:
-            self._answer(self.server.status(module or None), plain)
+            self._answer(self.server.status(module or None, self.identity), plain)
+
+    def _module_refusal(self, module: str) -> ReplyError:
+        return ReplyError(
+            "Forbidden",
+            f'{self.identity} may not use {module}; the operator can admit it in the "allow" '
+            "list of its config entry",
+        )
+
+    def _refuse(self, err: ReplyError, what: str, plain: bool) -> None:
+        """Answer a refusal, and have the server log it (without flooding its log)."""
+        self.server.refused(self.identity, what, err.message)
+        self._fail(err, plain)
 
     def _reload(self, module: str, plain: bool) -> None:
+        if not self.server.access.is_admin(self.identity):
+            what = f"reload {module}" if module else "re-read the config"
+            err = ReplyError(
+                "Forbidden",
+                f"{self.identity} may not {what}: only administrators may; "
+                "the operator names them with --admin-allow",
+            )
+            self._refuse(err, "admin", plain)
+            return
         self.hold_lines()
         self._busy()
         self._waiting = True
@@ -183,11 +251,15 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         if supervisor is None:
             self._fail(bad_request(f"{name} does not exist (case matters)"), plain)
             return
+        if not self.server.may_open(self.identity, name):
+            self._refuse(self._module_refusal(name), name, plain)
+            return
         refusal = supervisor.hello_error()
         if refusal is not None:
             self._fail(refusal, plain)
             return
         self._supervisor = supervisor
+        self._admin = self.server.access.is_admin(self.identity)
         self.transport.write(wire.encode_reply("ack", plain=plain))
         self._await_input(self.settings.idle_timeout)
 
@@ -222,6 +294,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             plain=plain,
             client_ip=self.client_ip,
             timeout=message.get("timeout"),
+            admin=self._admin,
             meta=self._call_meta,
         )
         self._supervisor.submit(self._call)
@@ -313,7 +386,9 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         if self._deadline is None or self._closing:
             return  # busy: the next _idle sets a new deadline
         remaining = self._deadline - self.server.reactor.seconds()
-        if remaining <= 0:
+        if remaining <= 0 and self._refusal is not None:
+            self._refuse(self._refusal, "server", plain=False)  # it never said a line
+        elif remaining <= 0:
             self._close()
         else:
             self._timer = self.server.reactor.callLater(remaining, self._check_idle)
@@ -323,6 +398,23 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+
+def _tls_failure(reason) -> bool:
+    """True if the connection ended on a TLS error (a refused handshake)."""
+    try:
+        from OpenSSL import SSL
+    except ImportError:
+        return False
+    return reason is not None and reason.check(SSL.Error) is not None
+
+
+def certificate_cn(certificate) -> str | None:
+    """The subject CN of a peer's certificate (pyOpenSSL's X509), or None."""
+    if certificate is None:
+        return None
+    cn = certificate.get_subject().commonName
+    return cn if cn else None
 
 
 def _request_problem(message: dict) -> str | None:

@@ -12,10 +12,12 @@ from twisted.logger import LogLevel, globalLogPublisher
 
 import modserver
 from modserver import logs
+from modserver.access import AccessPolicy, Identity
 from modserver.config import Config, ConfigError, read_config
 from modserver.errors import ReplyError
 from modserver.listeners import Listener
 from modserver.protocol import ClientFactory
+from modserver.refusals import RefusalTally
 from modserver.supervisor import ModuleSupervisor, WorkerSettings
 from modserver.watcher import FileWatch
 from modserver.web import StatusPage, StatusSite
@@ -58,6 +60,8 @@ class ServerSettings:
     json_log_size: int = 10 * 1024 * 1024
     json_log_count: int = 5
     http: str | None = None  # endpoint of the status page
+    http_hosts: tuple[str, ...] = ()  # names the status page answers to, besides IPs
+    access: AccessPolicy = field(default_factory=AccessPolicy)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
 
 
@@ -83,6 +87,8 @@ class ModServer(service.MultiService):
         self._poller = task.LoopingCall(self._poll)
         self._poller.clock = reactor
         self._config_missing = False
+        self.access = settings.access
+        self.refusals = RefusalTally()
         self.factory = ClientFactory(self)
         # Not child services: they must listen before anything else starts,
         # and exactly once under both twistd and twist (see _listen).
@@ -91,7 +97,7 @@ class ModServer(service.MultiService):
             for description in settings.listen
         ]
         if settings.http is not None:
-            site = StatusSite(StatusPage(self))
+            site = StatusSite(StatusPage(self, settings.http_hosts))
             self._listeners.append(Listener("status page", settings.http, site, reactor))
         self.log_tail = logs.LogTail()
         self._observers: list = []
@@ -123,6 +129,11 @@ class ModServer(service.MultiService):
             count=len(self.config.modules),
             path=self.config.path,
             listen=", ".join(self.settings.listen),
+        )
+        self.log.info(
+            "Clients admitted (--allow): {allow}; administrators (--admin-allow): {admin}",
+            allow=", ".join(map(str, self.access.allow)),
+            admin=", ".join(map(str, self.access.admin)),
         )
         if self.config.path is not None:
             self._watch.track(self.config.path, self.config.digest)
@@ -171,17 +182,40 @@ class ModServer(service.MultiService):
     def module(self, name: str) -> ModuleSupervisor | None:
         return self.supervisors.get(name)
 
-    def module_names(self, prefix: str = "") -> list[str]:
-        """Configured module names starting with ``prefix``, in config order."""
-        return [name for name in self.supervisors if name.startswith(prefix)]
+    def may_open(self, who: Identity | None, name: str) -> bool:
+        """May ``who`` (None: the server itself) use module ``name``?"""
+        supervisor = self.supervisors.get(name)
+        if supervisor is None:
+            return False
+        return who is None or self.access.may_open(who, supervisor.spec.allow)
 
-    def help_text(self) -> str:
-        return "Available modules: {}\n\n{}".format(", ".join(self.supervisors), HELP_TEXT)
+    def module_names(self, prefix: str = "", who: Identity | None = None) -> list[str]:
+        """Module names starting with ``prefix`` that ``who`` may use, in config order."""
+        return [n for n in self.supervisors if n.startswith(prefix) and self.may_open(who, n)]
 
-    def status(self, name: str | None = None) -> dict:
-        """Server facts and each module's state (or just ``name``'s)."""
+    def help_text(self, who: Identity | None = None) -> str:
+        names = ", ".join(self.module_names("", who))
+        return f"Available modules: {names}\n\n{HELP_TEXT}"
+
+    def refused(self, who: Identity, what: str, reason: str) -> None:
+        """Log a refusal: the first of its kind from ``who`` now, the rest counted."""
+        if self.refusals.refused(str(who), what, reason, self.reactor.seconds()):
+            self.log.warn("Refused: {reason}", client=str(who), reason=reason)
+
+    def _log_refusal_counts(self) -> None:
+        for client, reason, count, seconds in self.refusals.due(self.reactor.seconds()):
+            self.log.warn(
+                "Refused {client} {count} more times in the last {seconds:.0f} s: {reason}",
+                client=client,
+                count=count,
+                seconds=seconds,
+                reason=reason,
+            )
+
+    def status(self, name: str | None = None, who: Identity | None = None) -> dict:
+        """Server facts and the state of each module ``who`` may use (or just ``name``'s)."""
         now = self.reactor.seconds()
-        names = [name] if name is not None else list(self.supervisors)
+        names = [name] if name is not None else self.module_names("", who)
         return {
             "server": {
                 "name": self.settings.name,
@@ -227,6 +261,7 @@ class ModServer(service.MultiService):
     def _poll(self) -> None:
         """One look at the config file and every module's files."""
         try:
+            self._log_refusal_counts()
             wanted = self._watched_files()
             for path in self._watch.paths - set(wanted) - {self.config.path}:
                 self._watch.forget(path)
@@ -280,11 +315,16 @@ class ModServer(service.MultiService):
             if supervisor is None:
                 supervisor = ModuleSupervisor(spec, self.settings.workers, self.reactor)
                 self._start_after_retired(supervisor)
-            elif supervisor.spec != spec:
+            elif supervisor.spec.needs_restart(spec):
                 logs.for_module(spec.name).info(
                     "config entry changed; restarting once idle", module=spec.name
                 )
                 supervisor.update(spec)
+            elif supervisor.spec != spec:
+                logs.for_module(spec.name).info(
+                    "config entry changed; applied without a restart", module=spec.name
+                )
+                supervisor.spec = spec
             new[spec.name] = supervisor
         self.supervisors = new
         for name, supervisor in old.items():

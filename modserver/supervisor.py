@@ -79,11 +79,13 @@ class Call:
     plain: bool = False
     client_ip: str = ""
     timeout: float | None = None
+    admin: bool = False  # may its timeout end the worker (else it ends only the wait)
     meta: bytes = b""  # the worker's line about the call (who asked), made once per client
     request_id: int = 0
     received: float | None = None
     started: float | None = None
     answered: bool = False
+    abandoned: bool = False  # answered with Timeout while the worker goes on with it
 
     def fail(self, err: ReplyError) -> None:
         """Answer with an error reply (unless a reply has begun already)."""
@@ -93,6 +95,22 @@ class Call:
         self.sink.reply_started(True)
         self.sink.reply_data(err.line(self.plain))
         self.sink.reply_finished(True)
+
+
+def call_deadlines(call: Call, module_timeout: float | None) -> tuple[float | None, float | None]:
+    """``(kill after, give up after)``: when to end the worker, when to answer the client.
+
+    An administrator's request timeout replaces the module's; anyone else's
+    can only shorten their own wait: the worker is ended by the module's
+    timeout alone.
+    """
+    if call.timeout is None:
+        return module_timeout, None
+    if call.admin:
+        return call.timeout, None
+    if module_timeout is None or call.timeout < module_timeout:
+        return module_timeout, call.timeout
+    return module_timeout, None
 
 
 class LoadFailed(Exception):
@@ -334,6 +352,7 @@ class ModuleSupervisor:
             self._reply_target = None
             return
         self._cancel_timer("call")
+        self._cancel_timer("give_up")
         call.answered = True
         self._reply_target = call
         self._reply_error = bool(flags & channel.ERROR)
@@ -354,8 +373,16 @@ class ModuleSupervisor:
             return
         self._current = None
         self.calls_served += 1
-        self._log_access(call, self._error_type(call) if self._reply_error else "ok")
-        held = call.keep_alive and not self._reply_error and self.state is State.BUSY
+        outcome = self._error_type(call) if self._reply_error else "ok"
+        if call.abandoned:
+            outcome += ", after its client's timeout"
+        self._log_access(call, outcome)
+        held = (
+            call.keep_alive
+            and not call.abandoned
+            and not self._reply_error
+            and self.state is State.BUSY
+        )
         self._holder = call.sink if held else None
         if self.state is State.BUSY:
             self._set_state(State.READY)
@@ -396,6 +423,8 @@ class ModuleSupervisor:
 
     def _to_sink(self, call: Call, method: str, *args) -> None:
         """Pass reply events on; a failing client must not break the worker's pipe."""
+        if call.abandoned:
+            return  # the client had its Timeout; the worker's late reply goes nowhere
         try:
             getattr(call.sink, method)(*args)
         except Exception:
@@ -423,6 +452,7 @@ class ModuleSupervisor:
         self._cancel_timer("terminate")
         self._cancel_timer("kill")
         self._cancel_timer("call")
+        self._cancel_timer("give_up")
         self._ready_at = None
         self._kill_leftovers(proc)
         self._fail_current(description)
@@ -582,15 +612,36 @@ class ModuleSupervisor:
         flags = channel.PLAIN if call.plain else 0
         head = channel.header(channel.CALL, len(meta) + len(call.request), flags, call.request_id)
         self._process.send(head, meta, call.request)
-        timeout = call.timeout if call.timeout is not None else self.spec.timeout
-        if timeout is not None:
+        kill_after, give_up_after = call_deadlines(call, self.spec.timeout)
+        if kill_after is not None:
             self._timers["call"] = self.reactor.callLater(
-                timeout, self._call_timed_out, call, timeout
+                kill_after, self._call_timed_out, call, kill_after
             )
+        if give_up_after is not None:
+            self._timers["give_up"] = self.reactor.callLater(
+                give_up_after, self._client_gave_up, call, give_up_after
+            )
+
+    def _client_gave_up(self, call: Call, timeout: float) -> None:
+        """A client's own timeout ran out: answer it; the worker goes on with the call."""
+        del self._timers["give_up"]
+        if call is not self._current or call.answered:
+            return
+        self._fail_call(
+            call,
+            ReplyError(
+                "Timeout",
+                f"{self.name}.{call.function}() did not answer within {timeout:g} s "
+                "(the request's timeout); it goes on running in the worker, because only "
+                "an administrator's timeout (--admin-allow) may restart a worker",
+            ),
+        )
+        call.abandoned = True
 
     def _call_timed_out(self, call: Call, timeout: float) -> None:
         del self._timers["call"]
-        if call is not self._current or call.answered:
+        self._cancel_timer("give_up")
+        if call is not self._current or (call.answered and not call.abandoned):
             return
         self._current = None
         self._holder = None

@@ -9,6 +9,7 @@ from twisted.internet import endpoints
 from twisted.logger import LogLevel
 from twisted.python import usage
 
+from modserver import access
 from modserver.config import ConfigError, read_config
 from modserver.lifecycle import Backoff
 from modserver.service import ModServer, ServerSettings
@@ -56,6 +57,16 @@ def seconds(text: str) -> float:
     if value <= 0:
         raise ValueError("must be a positive number of seconds")
     return value
+
+
+def _help(text: str):
+    """Give an ``opt_`` method its ``--help`` text (usage.Options reads the docstring)."""
+
+    def give(method):
+        method.__doc__ = text
+        return method
+
+    return give
 
 
 class Options(usage.Options):
@@ -151,16 +162,59 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["allow"] = []
+        self["admin-allow"] = []
+        self["http-host"] = []
 
+    @_help(
+        "Listen on a Twisted endpoint (repeatable): tcp:36577:interface=0.0.0.0; "
+        "TLS: ssl:36578:certKey=server.pem:privateKey=server.key; mutual TLS "
+        "(clients need a certificate signed by the CA): "
+        "mtls:36578:certKey=server.pem:privateKey=server.key:caCerts=lab-ca.pem"
+    )
     def opt_listen(self, description: str) -> None:
-        """Listen on a Twisted endpoint, e.g. tcp:36577:interface=0.0.0.0 (repeatable)."""
         self["listen"].append(description)
 
     opt_l = opt_listen
 
+    @_help(
+        "Admit clients from this address or network (repeatable): 10.0.1.0/24, "
+        "10.0.1.7, 2001:db8::/48, loopback, local (loopback and the networks of "
+        'this computer\'s interfaces), any. Others get "Forbidden". Default: local'
+    )
+    def opt_allow(self, rule: str) -> None:
+        self["allow"].append(rule)
+
+    @_help(
+        "Administrators (repeatable; as --allow, plus cn:NAME for a client "
+        "certificate's CN over mutual TLS): they may reload modules, re-read the "
+        "config, and end a worker with a request's timeout. Default: loopback"
+    )
+    def opt_admin_allow(self, rule: str) -> None:
+        self["admin-allow"].append(rule)
+
+    @_help(
+        "A host name the status page answers to (repeatable), besides IP addresses, "
+        "localhost and this computer's own name"
+    )
+    def opt_http_host(self, name: str) -> None:
+        self["http-host"].append(name)
+
     def postOptions(self) -> None:
         if self["log-level"].lower() not in LOG_LEVELS:
             raise usage.UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        try:
+            self["allow-rules"] = access.parse_rules(
+                self["allow"] or access.DEFAULT_ALLOW, allow_cn=False
+            )
+        except ValueError as exc:
+            raise usage.UsageError(f"--allow: {exc}") from None
+        try:
+            self["admin-rules"] = access.parse_rules(
+                self["admin-allow"] or access.DEFAULT_ADMIN_ALLOW
+            )
+        except ValueError as exc:
+            raise usage.UsageError(f"--admin-allow: {exc}") from None
         if self["port"] is not None or self["interface"] is not None:
             port = self["port"] if self["port"] is not None else DEFAULT_PORT
             interface = self["interface"] or DEFAULT_INTERFACE
@@ -215,6 +269,13 @@ def makeService(options: Options, reactor=None) -> ModServer:
         json_log_size=options["json-log-size"],
         json_log_count=options["json-log-count"],
         http=http,
+        http_hosts=tuple(options["http-host"]),
+        access=access.AccessPolicy(
+            allow=options["allow-rules"],
+            admin=options["admin-rules"],
+            local_networks=access.interface_networks,
+            clock=reactor.seconds,
+        ),
         workers=WorkerSettings(
             import_paths=(config.base_dir, os.getcwd()),
             max_reply=options["max-reply"],

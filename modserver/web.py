@@ -8,10 +8,14 @@ current without reloading (and without closing an expanded traceback).
 from __future__ import annotations
 
 import html
+import ipaddress
 import json
+import socket
 import time
 
 from twisted.web import resource, server
+
+from modserver.access import Identity
 
 REFRESH_MS = 2000
 
@@ -167,18 +171,83 @@ def render_page(status: dict) -> str:
 """
 
 
+def host_name(header: bytes | None) -> str | None:
+    """The name in a ``Host`` header, without its port, lower case; None if absent."""
+    if not header:
+        return None
+    text = header.decode("latin-1").strip().lower()
+    if text.startswith("["):  # [2001:db8::1]:8080
+        return text[1 : text.find("]")] if "]" in text else text
+    if text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    return text.rstrip(".")
+
+
+def host_allowed(name: str | None, names: frozenset[str]) -> bool:
+    """Does a request for ``name`` address this server?
+
+    Browsers send the name they looked up: a page on another site that
+    makes its name resolve to this computer (DNS rebinding) still sends its
+    own name, so only IP literals, localhost and this server's own names
+    are answered.  A request without Host (not from a browser) is answered.
+    """
+    if name is None or name in names or name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def own_names(extra=()) -> frozenset[str]:
+    """This computer's own names (short and full) and ``extra`` ones, lower case."""
+    names = {name.lower().rstrip(".") for name in extra}
+    hostname = socket.gethostname().lower()
+    if hostname:
+        names.update({hostname, hostname.split(".", 1)[0]})
+    return frozenset(names)
+
+
 class StatusPage(resource.Resource):
-    """``/`` (the page; ``?part=rows`` for just its rows) and ``/status.json``."""
+    """``/`` (the page; ``?part=rows`` for just its rows) and ``/status.json``.
+
+    Only clients the server admits (``--allow``) are answered (403 for the
+    rest), and only requests for one of this server's names (421).
+    """
 
     isLeaf = True  # noqa: N815 - twisted.web's name
 
-    def __init__(self, server) -> None:
+    def __init__(self, server, hosts=()) -> None:
         super().__init__()
         self.server = server
+        self.names = own_names(hosts)
+
+    def render(self, request) -> bytes:
+        """Every method: refuse clients not admitted and names not ours first."""
+        who = _identity(request)
+        if not self.server.access.admits(who):
+            self.server.refused(who, "http", f"{who} may not use the status page (--allow)")
+            return _refuse(
+                request,
+                403,
+                f"Forbidden: {who} may not use this server; "
+                "the operator can admit it with --allow\n",
+            )
+        name = host_name(request.getHeader(b"host"))
+        if not host_allowed(name, self.names):
+            return _refuse(
+                request,
+                421,
+                f"Misdirected Request: this status page does not answer to the name "
+                f"{name!r}; use its address, or the operator can add the name with "
+                "--http-host\n",
+            )
+        return super().render(request)
 
     def render_GET(self, request) -> bytes:  # noqa: N802 - twisted.web's name
         request.setHeader(b"Cache-Control", b"no-store")
-        status = self.server.status()
+        status = self.server.status(None, _identity(request))
         if request.path == b"/status.json":
             request.setHeader(b"Content-Type", b"application/json")
             return json.dumps(status).encode()
@@ -189,6 +258,17 @@ class StatusPage(resource.Resource):
         if request.args.get(b"part") == [b"live"]:
             return render_live(status).encode()
         return render_page(status).encode()
+
+
+def _identity(request) -> Identity:
+    return Identity.of(getattr(request.getClientAddress(), "host", ""))
+
+
+def _refuse(request, code: int, text: str) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return text.encode("utf-8")
 
 
 class StatusSite(server.Site):

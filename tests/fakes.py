@@ -151,7 +151,9 @@ def make_supervisor(**spec_options) -> tuple[ModuleSupervisor, FakeReactor, Grou
     return ModuleSupervisor(spec, settings, reactor), reactor, signals
 
 
-def make_call(sink=None, function="read", keep_alive=False, timeout=None, args=()) -> Call:
+def make_call(
+    sink=None, function="read", keep_alive=False, timeout=None, args=(), admin=True
+) -> Call:
     request = json.dumps({"function": function, "args": list(args), "keep_alive": keep_alive})
     return Call(
         sink=sink if sink is not None else RecordingSink(),
@@ -161,4 +163,5 @@ def make_call(sink=None, function="read", keep_alive=False, timeout=None, args=(
         plain=True,
         client_ip="10.0.0.7",
         timeout=timeout,
+        admin=admin,
     )

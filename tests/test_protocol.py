@@ -9,6 +9,7 @@ import pytest
 from twisted.internet import address, defer, task
 from twisted.internet.testing import StringTransport
 
+from modserver.access import AccessPolicy, parse_rules
 from modserver.errors import ReplyError
 from modserver.lifecycle import State
 from modserver.protocol import ClientProtocol
@@ -35,27 +36,39 @@ class FakeSupervisor:
 
 
 class FakeServer:
-    def __init__(self):
+    """The parts of ModServer a ClientProtocol uses; everyone is admitted and an
+    administrator unless a test says otherwise."""
+
+    def __init__(self, allow=("any",), admin=("any",), module_rules=None):
         self.settings = ServerSettings()
         self.reactor = task.Clock()
         self.modules = {"laser": FakeSupervisor("laser"), "stage": FakeSupervisor("stage")}
         self.reloads = []
         self.config_error = None
+        self.access = AccessPolicy(allow=parse_rules(allow), admin=parse_rules(admin))
+        self.module_rules = {
+            name: parse_rules(rules) for name, rules in (module_rules or {}).items()
+        }
+        self.refusals = []
 
     def module(self, name):
         return self.modules.get(name)
 
-    def module_names(self, prefix=""):
-        return [n for n in self.modules if n.startswith(prefix)]
+    def may_open(self, who, name):
+        return self.access.may_open(who, self.module_rules.get(name))
 
-    def help_text(self):
-        return "Available modules: " + ", ".join(self.modules) + "\n\nhelp"
+    def module_names(self, prefix="", who=None):
+        return [n for n in self.modules if n.startswith(prefix) and self.may_open(who, n)]
 
-    def status(self, name=None):
-        return {
-            "server": {},
-            "modules": {n: {"state": "ready"} for n in ([name] if name else self.modules)},
-        }
+    def help_text(self, who=None):
+        return "Available modules: " + ", ".join(self.module_names("", who)) + "\n\nhelp"
+
+    def status(self, name=None, who=None):
+        names = [name] if name else self.module_names("", who)
+        return {"server": {}, "modules": {n: {"state": "ready"} for n in names}}
+
+    def refused(self, who, what, reason):
+        self.refusals.append((str(who), what, reason))
 
     def reload_config(self):
         if self.config_error:
@@ -302,3 +315,113 @@ def test_half_close_while_a_call_runs_closes_after_its_reply():
     call = client.server.modules["laser"].submitted[0]
     reply(call)
     assert client.closed
+
+
+# Access: who may connect, open modules, administer ------------------------------------
+
+
+def test_a_client_not_admitted_gets_forbidden_in_the_encoding_of_its_first_line():
+    for plain in (True, False):
+        server = FakeServer(allow=("192.168.0.0/16",))
+        client = Client(server)
+        client.send({"name": "laser"}, plain=plain)
+        [answer] = client.replies(plain=plain)
+        assert answer["error"] is True
+        assert answer["response"] == (
+            "Forbidden: 10.1.2.3 may not use this server; the operator can admit it with --allow"
+        )
+        assert client.closed
+        assert server.modules["laser"].submitted == []
+        assert server.refusals == [("10.1.2.3", "server", answer["response"][11:])]
+
+
+def test_a_client_not_admitted_that_says_nothing_is_refused_url_encoded_after_a_while():
+    server = FakeServer(allow=("loopback",))
+    client = Client(server)
+    assert client.transport.value() == b""
+    server.reactor.advance(5.0)
+    [answer] = client.replies(plain=False)
+    assert answer["response"].startswith("Forbidden: 10.1.2.3 may not use this server")
+    assert client.closed
+
+
+def test_a_long_first_line_from_a_client_not_admitted_is_refused_not_read():
+    server = FakeServer(allow=("loopback",))
+    client = Client(server)
+    client.protocol.dataReceived(b"{" + b"x" * 100_000)
+    [answer] = client.replies()
+    assert answer["response"].startswith("Forbidden: ")
+    assert client.closed
+
+
+def test_a_module_allow_list_refuses_others_at_hello():
+    server = FakeServer(module_rules={"laser": ["10.9.0.0/16", "cn:alice"]})
+    client = Client(server)
+    client.send({"name": "laser"})
+    [answer] = client.replies()
+    assert answer["response"] == (
+        'Forbidden: 10.1.2.3 may not use laser; the operator can admit it in the "allow" '
+        "list of its config entry"
+    )
+    assert client.closed
+
+
+def test_a_certificate_cn_opens_a_module_that_names_it():
+    class Certificate:
+        class subject:  # noqa: N801 - pyOpenSSL's X509Name shape
+            commonName = "alice"  # noqa: N815
+
+        def get_subject(self):
+            return self.subject
+
+    server = FakeServer(module_rules={"laser": ["cn:alice"]})
+    client = Client(server)
+    client.transport.getPeerCertificate = Certificate
+    client.protocol.handshakeCompleted()
+    client.send({"name": "laser"})
+    assert client.replies()[0]["response"] == "ack"
+    assert str(client.protocol.identity) == "10.1.2.3 (cn=alice)"
+
+
+def test_get_modules_help_and_status_list_only_the_modules_the_client_may_use():
+    server = FakeServer(module_rules={"laser": ["cn:alice"]})
+    for hello, expected in (
+        ({"name": "_get_modules"}, ["stage"]),
+        ({"name": "_help"}, "Available modules: stage\n\nhelp"),
+    ):
+        client = Client(server)
+        client.send(hello)
+        assert client.replies()[0]["response"] == expected
+    client = Client(server)
+    client.send({"name": "_status"})
+    assert list(client.replies()[0]["response"]["modules"]) == ["stage"]
+    client = Client(server)
+    client.send({"name": "_status.laser"})
+    assert client.replies()[0]["response"].startswith("Forbidden: 10.1.2.3 may not use laser")
+
+
+@pytest.mark.parametrize(
+    "name, what",
+    [("_reload_", "re-read the config"), ("_reload_laser", "reload laser")],
+)
+def test_reloads_need_an_administrator(name, what):
+    server = FakeServer(admin=("loopback",))
+    client = Client(server)
+    client.send({"name": name})
+    [answer] = client.replies()
+    assert answer["error"] is True
+    assert answer["response"] == (
+        f"Forbidden: 10.1.2.3 may not {what}: only administrators may; "
+        "the operator names them with --admin-allow"
+    )
+    assert server.reloads == []
+
+
+def test_calls_say_whether_their_client_is_an_administrator():
+    for admin, expected in ((("any",), True), (("loopback",), False)):
+        server = FakeServer(admin=admin)
+        client = Client(server)
+        client.send({"name": "laser"})
+        client.send({"function": "move", "args": [], "timeout": 0.1})
+        [call] = server.modules["laser"].submitted
+        assert call.admin is expected

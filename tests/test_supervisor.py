@@ -436,6 +436,47 @@ def test_per_request_timeout_overrides_the_module_timeout():
     )
 
 
+def test_a_short_timeout_from_a_non_administrator_ends_its_wait_but_not_the_worker():
+    supervisor, reactor, signals = ready_supervisor(timeout=100.0)
+    keep = RecordingSink()
+    call, after = make_call(sink=keep, timeout=0.5, admin=False, keep_alive=True), make_call()
+    supervisor.submit(call)
+    supervisor.submit(after)
+    reactor.advance(0.5)
+    assert call.sink.reply()["response"] == (
+        "Timeout: laser.read() did not answer within 0.5 s (the request's timeout); it goes "
+        "on running in the worker, because only an administrator's timeout (--admin-allow) "
+        "may restart a worker"
+    )
+    assert signals.sent == [] and supervisor.state is State.BUSY
+    events = list(keep.events)
+    reactor.last.replies(1, b'{"response": 1}')  # the late reply goes nowhere
+    assert keep.events == events
+    assert reactor.last.calls()[-1][2]["function"] == "read"  # `after` runs next,
+    assert [c[0] for c in reactor.last.calls()] == [1, 2]  # not held by the keep-alive
+    reactor.advance(99.5)
+    assert signals.sent == []  # the module's own timeout counts for the next call afresh
+
+
+def test_the_module_timeout_still_ends_a_call_whose_client_gave_up():
+    supervisor, reactor, signals = ready_supervisor(timeout=2.0)
+    call = make_call(timeout=0.5, admin=False)
+    supervisor.submit(call)
+    reactor.advance(0.5)
+    assert call.sink.reply()["response"].startswith("Timeout: laser.read() did not answer")
+    reactor.advance(1.5)
+    assert (reactor.last.transport.pid, "KILL") in signals.sent
+
+
+def test_a_longer_timeout_from_a_non_administrator_does_not_extend_the_modules():
+    supervisor, reactor, signals = ready_supervisor(timeout=1.0)
+    call = make_call(timeout=60, admin=False)
+    supervisor.submit(call)
+    reactor.advance(1.0)
+    assert call.sink.reply()["response"].startswith("Timeout: laser.read did not answer within 1 s")
+    assert (reactor.last.transport.pid, "KILL") in signals.sent
+
+
 def test_a_reply_that_started_is_not_timed_out():
     supervisor, reactor, signals = ready_supervisor(timeout=1.0)
     call = make_call()
