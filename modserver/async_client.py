@@ -8,6 +8,10 @@
     await session.move(1.0)
     await session.close()
 
+Over TLS (and mutual TLS): ``AsyncClient("lab-pc", 36578, tls_ca="lab-ca.pem",
+tls_cert="alice.pem", tls_key="alice.key")``; the server's certificate is
+always verified.
+
 Errors are those of modserver.client: ServerError for an error reply,
 ConnectionFailed and ReplyTimeout when the server is out of reach.
 """
@@ -77,8 +81,44 @@ class _LineClient(ChunkedLineReceiver):
         """Every reply still awaited will not come."""
         self.lost = True
         waiting, self.waiting = self.waiting, collections.deque()
+        why = "the server closed the connection before replying"
+        if reason is not None and _is_tls_error(reason):
+            why = f"the TLS connection failed: {reason.getErrorMessage()}"
         for each in waiting:
-            each.errback(ConnectionFailed("the server closed the connection before replying"))
+            each.errback(ConnectionFailed(why))
+
+
+def _is_tls_error(reason) -> bool:
+    try:
+        from OpenSSL import SSL
+    except ImportError:
+        return False
+    return reason.check(SSL.Error) is not None
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def tls_options(host: str, ca: str | None = None, cert: str | None = None, key: str | None = None):
+    """Twisted TLS options that verify the server ``host`` against ``ca`` (else the
+    system's CAs) and show the client certificate ``cert`` (with ``key``) if given."""
+    from twisted.internet import ssl
+
+    from modserver.endpoints import pem_certificates
+
+    trust = ssl.platformTrust()
+    if ca:
+        trust = ssl.trustRootFromCertificates(pem_certificates(_read(ca), ca))
+    mine = None
+    if cert:
+        data = _read(cert)
+        mine = ssl.PrivateCertificate.loadPEM(data + b"\n" + _read(key) if key else data)
+    return ssl.optionsForClientTLS(host, trustRoot=trust, clientCertificate=mine)
 
 
 class AsyncClient:
@@ -90,6 +130,10 @@ class AsyncClient:
         port: int = DEFAULT_PORT,
         timeout: float = DEFAULT_TIMEOUT,
         reactor=None,
+        tls=None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -97,9 +141,16 @@ class AsyncClient:
         self.port = port
         self.timeout = timeout
         self.reactor = reactor
+        self.tls = None  # Twisted's TLS options (a connection creator), or None for TCP
+        if tls is not None and tls is not True and tls is not False:
+            self.tls = tls
+        elif tls or tls_ca or tls_cert:
+            self.tls = tls_options(host, tls_ca, tls_cert, tls_key)
 
     async def _connect(self, timeout: float) -> _LineClient:
         endpoint = endpoints.HostnameEndpoint(self.reactor, self.host, self.port, timeout=timeout)
+        if self.tls is not None:
+            endpoint = endpoints.wrapClientTLS(self.tls, endpoint)
         try:
             return await endpoint.connect(Factory.forProtocol(_LineClient))
         except (error.ConnectError, error.DNSLookupError) as exc:

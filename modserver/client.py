@@ -11,6 +11,12 @@ newer); copy this one file if the package is not installed::
         position = stage.position()
     lab.module("wavemeter").GetWavelength(1)
 
+Over TLS, verifying the server's certificate against the lab's CA, and
+showing a client certificate where the server asks for one (mutual TLS)::
+
+    lab = Client("lab-pc", 36578, tls_ca="lab-ca.pem",
+                 tls_cert="alice.pem", tls_key="alice.key")
+
 Code written for ModuleServer's ``client.py`` keeps working after changing
 its import: ``from modserver.client import client``.
 """
@@ -21,6 +27,7 @@ import argparse
 import json
 import select
 import socket
+import ssl
 import sys
 
 try:  # the package's fast codec, when the package is installed
@@ -49,6 +56,7 @@ __all__ = [
     "ServerError",
     "Session",
     "client",
+    "tls_context",
 ]
 
 
@@ -80,10 +88,43 @@ class ReplyTimeout(ClientError, TimeoutError):
     """The server did not answer in time."""
 
 
-class _Connection:
-    """One TCP connection speaking the line protocol (URL-encoded, as the original)."""
+def tls_context(ca: str = None, cert: str = None, key: str = None) -> ssl.SSLContext:
+    """A TLS context for talking to modserver.
 
-    def __init__(self, host: str, port: int, timeout: float) -> None:
+    It verifies the server's certificate, and that it names the host
+    connected to, against the CA certificates in the file ``ca`` (else the
+    system's); with ``cert`` (and ``key``, unless the key is in ``cert``'s
+    file) it shows a client certificate, as a server with mutual TLS asks.
+    """
+    context = ssl.create_default_context(cafile=ca)
+    if cert:
+        context.load_cert_chain(cert, key)
+    return context
+
+
+def _tls_failure(where: str, exc: ssl.SSLError) -> ConnectionFailed:
+    """A TLS error as a reason people can act on."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ConnectionFailed(
+            "the TLS certificate of modserver at %s is not trusted: %s (give the lab's CA "
+            "with tls_ca= or --tls-ca)" % (where, exc.verify_message or exc)
+        )
+    reason = getattr(exc, "reason", None) or str(exc)
+    hint = ""
+    if "CERTIFICATE" in reason.upper():
+        hint = (
+            "; it accepts only clients with a certificate signed by its CA "
+            "(tls_cert=/tls_key= or --tls-cert/--tls-key)"
+        )
+    return ConnectionFailed(
+        "modserver at %s refused the TLS connection: %s%s" % (where, reason, hint)
+    )
+
+
+class _Connection:
+    """One TCP (or TLS) connection speaking the line protocol (URL-encoded, as the original)."""
+
+    def __init__(self, host: str, port: int, timeout: float, tls: ssl.SSLContext = None) -> None:
         self.where = "%s:%s" % (host, port)
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout)
@@ -96,11 +137,39 @@ class _Connection:
                 "cannot connect to modserver at %s: %s" % (self.where, exc.strerror or exc)
             ) from None
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            self._start_tls(tls, host, timeout)
         self.timeout = timeout
         self._pending = b""
 
+    def _start_tls(self, tls: ssl.SSLContext, host: str, timeout: float) -> None:
+        plain = self.sock
+        try:
+            self.sock = tls.wrap_socket(plain, server_hostname=host)
+        except socket.timeout:
+            plain.close()
+            raise ReplyTimeout(
+                "no TLS handshake with modserver at %s within %g s" % (self.where, timeout)
+            ) from None
+        except ssl.SSLError as exc:
+            plain.close()
+            raise _tls_failure(self.where, exc) from None
+        except OSError as exc:
+            plain.close()
+            raise ConnectionFailed(
+                "lost the connection to modserver at %s during the TLS handshake: %s"
+                % (self.where, exc)
+            ) from None
+
     def send(self, message: dict) -> None:
-        self.sock.sendall(_quote(json.dumps(message).encode("utf-8")) + b"\n")
+        try:
+            self.sock.sendall(_quote(json.dumps(message).encode("utf-8")) + b"\n")
+        except ssl.SSLError as exc:
+            raise _tls_failure(self.where, exc) from None
+        except OSError as exc:
+            raise ConnectionFailed(
+                "lost the connection to modserver at %s while sending: %s" % (self.where, exc)
+            ) from None
 
     def receive(self, what: str, timeout: float = None):
         """Read one reply; its response, or ServerError for an error reply."""
@@ -120,6 +189,8 @@ class _Connection:
             raise ReplyTimeout(
                 "no reply from modserver at %s within %g s while %s" % (self.where, timeout, what)
             ) from None
+        except ssl.SSLError as exc:
+            raise _tls_failure(self.where, exc) from None
         except OSError as exc:
             raise ConnectionFailed(
                 "lost the connection to modserver at %s while %s: %s" % (self.where, what, exc)
@@ -141,10 +212,19 @@ class _Connection:
         readable, _, _ = select.select([self.sock], [], [], 0)
         if not readable:
             return False
+        # A TLS socket cannot peek, and may be readable for TLS's own records
+        # (session tickets): read without waiting and keep what came.
+        self.sock.setblocking(False)
         try:
-            return self.sock.recv(1, socket.MSG_PEEK) == b""
+            data = self.sock.recv(1)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return False
         except OSError:
             return True
+        finally:
+            self.sock.settimeout(self.timeout)
+        self._pending += data
+        return data == b""
 
     def close(self) -> None:
         self.sock.close()
@@ -155,20 +235,41 @@ class Client:
 
     ``timeout`` (seconds) bounds connecting and each wait for a reply; slow
     module calls can take a longer one (``com(..., timeout=30)``).
+
+    TLS: ``tls_ca`` (the CA file that signed the server's certificate),
+    ``tls_cert`` and ``tls_key`` (this client's certificate, for a server
+    with mutual TLS), ``tls=True`` (TLS, trusting the system's CAs), or
+    ``tls=`` an ``ssl.SSLContext`` of your own.  The server's certificate
+    is always verified.
     """
 
     def __init__(
-        self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        timeout: float = DEFAULT_TIMEOUT,
+        tls=None,
+        tls_ca: str = None,
+        tls_cert: str = None,
+        tls_key: str = None,
     ) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
+        if isinstance(tls, ssl.SSLContext):
+            self.tls = tls
+        elif tls or tls_ca or tls_cert:
+            self.tls = tls_context(tls_ca, tls_cert, tls_key)
+        else:
+            self.tls = None
 
     def __repr__(self) -> str:
-        return "Client(%r, %r, timeout=%r)" % (self.host, self.port, self.timeout)
+        tls = ", tls=True" if self.tls is not None else ""
+        return "Client(%r, %r, timeout=%r%s)" % (self.host, self.port, self.timeout, tls)
 
     def _connect(self, timeout: float = None) -> _Connection:
-        return _Connection(self.host, self.port, self.timeout if timeout is None else timeout)
+        wait = self.timeout if timeout is None else timeout
+        return _Connection(self.host, self.port, wait, self.tls)
 
     def _hello(self, name: str, what: str):
         connection = self._connect()
@@ -339,6 +440,7 @@ client = Client
 # The command line: modserver-client (or python client.py) --------------------------
 
 EXIT_SERVER_ERROR = 1
+EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 
@@ -369,6 +471,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--json", action="store_true", help="print the response as one line of JSON"
+    )
+    tls = parser.add_argument_group(
+        "TLS", "for a server listening with ssl: or mtls: (its certificate is always verified)"
+    )
+    tls.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CAs")
+    tls.add_argument(
+        "--tls-ca", metavar="FILE", help="use TLS; the CA that signed the server's certificate"
+    )
+    tls.add_argument("--tls-cert", metavar="FILE", help="this client's certificate (mutual TLS)")
+    tls.add_argument(
+        "--tls-key", metavar="FILE", help="its private key (if not in --tls-cert's file)"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
@@ -417,7 +530,19 @@ def _show(command: str, response, as_json: bool) -> str:
 def main(argv=None) -> int:
     """Entry point of ``modserver-client``; returns the exit status."""
     options = _parser().parse_args(argv)
-    lab = Client(options.host, options.port, options.timeout)
+    try:
+        lab = Client(
+            options.host,
+            options.port,
+            options.timeout,
+            tls=options.tls,
+            tls_ca=options.tls_ca,
+            tls_cert=options.tls_cert,
+            tls_key=options.tls_key,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        sys.stderr.write("error: cannot use the TLS files given: %s\n" % exc)
+        return EXIT_USAGE
     try:
         response = _run(lab, options)
     except ServerError as exc:
