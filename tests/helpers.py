@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import selectors
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -60,10 +62,13 @@ def decode(line: bytes, plain: bool = False):
 
 
 class Connection:
-    """One raw client connection."""
+    """One raw client connection; ``source``: the local address to connect from
+    (on Linux every 127.x.y.z is this computer, so 127.0.0.2 is "another client")."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection((host, port), timeout=SOCKET_TIMEOUT)
+    def __init__(self, port: int, host: str = "127.0.0.1", source: str | None = None) -> None:
+        self.sock = socket.create_connection(
+            (host, port), timeout=SOCKET_TIMEOUT, source_address=(source, 0) if source else None
+        )
         self._buffer = b""
 
     def send(self, obj, plain: bool = False) -> None:
@@ -108,18 +113,20 @@ class Connection:
         self.close()
 
 
-def hello(port: int, name, plain: bool = False) -> dict:
+def hello(port: int, name, plain: bool = False, source: str | None = None) -> dict:
     """Send a hello that the server answers and then closes."""
-    with Connection(port) as conn:
+    with Connection(port, source=source) as conn:
         conn.send({"name": name}, plain)
         reply = conn.reply(plain)
         assert conn.is_closed(), "the server did not close the connection after its reply"
         return reply
 
 
-def call(port: int, module: str, function, *args, plain: bool = False, **fields) -> dict:
+def call(
+    port: int, module: str, function, *args, plain: bool = False, source=None, **fields
+) -> dict:
     """One hello + request, the way the original client's ``com`` does it."""
-    with Connection(port) as conn:
+    with Connection(port, source=source) as conn:
         conn.send({"name": module}, plain)
         ack = conn.reply(plain)
         if ack["error"]:
@@ -269,3 +276,60 @@ def pid_alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+class Relay:
+    """A TCP relay to ``port`` that keeps every byte it passes, both ways.
+
+    It shows what an eavesdropper on the network would see of a session.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self.seen = bytearray()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self._listener, selectors.EVENT_READ)
+        peers: dict[socket.socket, socket.socket] = {}
+        while not self._stop.is_set():
+            for key, _ in selector.select(0.05):
+                sock = key.fileobj
+                if sock is self._listener:
+                    client, _ = sock.accept()
+                    server = socket.create_connection(("127.0.0.1", self.upstream))
+                    peers[client], peers[server] = server, client
+                    selector.register(client, selectors.EVENT_READ)
+                    selector.register(server, selectors.EVENT_READ)
+                    continue
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                other = peers[sock]
+                if data:
+                    self.seen += data
+                    other.sendall(data)
+                    continue
+                for each in (sock, other):
+                    if each in peers:
+                        selector.unregister(each)
+                        peers.pop(each).close()
+        for each in list(peers):
+            each.close()
+        self._listener.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
