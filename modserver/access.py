@@ -10,6 +10,7 @@ rule is one of::
     local         loopback and the networks this computer's interfaces are on
     any           every address
     cn:alice      a client whose certificate's subject CN is "alice"
+    cn:*          any client with a certificate (over mutual TLS, signed by the CA)
 
 The server asks an ``AccessPolicy``; it does no I/O itself except through
 the function it is given to list the local networks.
@@ -82,7 +83,7 @@ class Rule:
 
     def matches(self, who: Identity, local_networks: Iterable[Network] = ()) -> bool:
         if self.cn is not None:
-            return who.cn == self.cn
+            return who.cn is not None and self.cn in ("*", who.cn)
         # A UNIX socket's client is on this computer: it is what loopback is.
         address = THIS_COMPUTER if who.address is None else who.address
         networks = (*self.networks, *local_networks) if self.local else self.networks
@@ -92,7 +93,7 @@ class Rule:
         return self.text
 
 
-def parse_rule(text: str, allow_cn: bool = True) -> Rule:
+def parse_rule(text: str) -> Rule:
     """One rule from its text; ValueError says what is wrong and what is expected."""
     if not isinstance(text, str):
         raise ValueError(f"{text!r} is not a rule (examples: {RULE_EXAMPLES}, cn:NAME)")
@@ -106,26 +107,20 @@ def parse_rule(text: str, allow_cn: bool = True) -> Rule:
         return Rule(word, ANY)
     if lowered.startswith("cn:"):
         name = word[3:].strip()
-        if not allow_cn:
-            raise ValueError(
-                f'"{word}": certificate names are not allowed here, only addresses and '
-                f"networks (examples: {RULE_EXAMPLES})"
-            )
         if not name:
             raise ValueError(f'"{word}": cn: needs a name, as in cn:alice')
         return Rule(word, cn=name)
     try:
         network = ipaddress.ip_network(word.strip("[]"), strict=False)
     except ValueError:
-        hint = ", cn:NAME" if allow_cn else ""
         raise ValueError(
-            f'"{word}" is not an address or a network (examples: {RULE_EXAMPLES}{hint})'
+            f'"{word}" is not an address or a network (examples: {RULE_EXAMPLES}, cn:NAME)'
         ) from None
     return Rule(word, (network,))
 
 
-def parse_rules(texts: Iterable[str], allow_cn: bool = True) -> tuple[Rule, ...]:
-    return tuple(parse_rule(text, allow_cn) for text in texts)
+def parse_rules(texts: Iterable[str]) -> tuple[Rule, ...]:
+    return tuple(parse_rule(text) for text in texts)
 
 
 DEFAULT_ALLOW = ("local",)
@@ -136,8 +131,9 @@ DEFAULT_ADMIN_ALLOW = ("loopback",)
 class AccessPolicy:
     """The server's rules: who may connect, who administers.
 
-    ``allow`` admits clients to the server at all (addresses and networks
-    only: it is checked when a connection is made).  ``admin`` names who may
+    ``allow`` admits clients to the server at all: by address when the
+    connection is made, or, for its ``cn:`` entries, by the certificate a
+    client shows over mutual TLS (checked at its first line).  ``admin`` names who may
     reload modules and re-read the config, and whose per-request timeouts
     may end a worker; an administrator must be admitted by ``allow`` too.
     A module's own ``allow`` list narrows who may open that module.
@@ -157,6 +153,12 @@ class AccessPolicy:
     def admits(self, who: Identity) -> bool:
         """May ``who`` use this server at all?"""
         return self._any(self.allow, who)
+
+    @property
+    def admits_certificates(self) -> bool:
+        """True if ``allow`` has ``cn:`` entries: an address it refuses may still be
+        admitted by the certificate its client shows."""
+        return any(rule.cn is not None for rule in self.allow)
 
     def is_admin(self, who: Identity) -> bool:
         """May ``who`` reload modules, re-read the config and end workers?"""

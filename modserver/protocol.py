@@ -67,6 +67,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._producer = None  # the worker channel a reply streams from
         self._refusal: ReplyError | None = None  # set for a client not admitted
         self.identity = Identity(None)
+        self._admitted = False  # by --allow (checked again at the first line if not)
         self._admin = False  # may this client's timeouts end a worker?
         self._handshake_done = False
 
@@ -80,9 +81,15 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self.client_port = getattr(peer, "port", 0)
         self.identity = Identity.of(self.client_ip)
         self._call_meta = json.dumps({"client": self.client_ip}).encode("utf-8") + b"\n"
-        if self.server.access.admits(self.identity):
+        access = self.server.access
+        self._admitted = access.admits(self.identity)
+        if self._admitted or access.admits_certificates:
             self._idle(self.settings.idle_timeout)
-            return
+        else:
+            self._refuse_from_now()
+
+    def _refuse_from_now(self) -> None:
+        """This client is not admitted: answer its first line with Forbidden."""
         self._refusal = ReplyError(
             "Forbidden",
             f"{self.identity} may not use this server; the operator can admit it with --allow",
@@ -134,6 +141,11 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         if not line or line.isspace():
             return
         plain = self._plain = wire.is_plain(line)
+        if not self._admitted and self._refusal is None:
+            # Admitted only by a certificate, if at all: TLS is up by now.
+            self._admitted = self.server.access.admits(self.identity)
+            if not self._admitted:
+                self._refuse_from_now()
         if self._refusal is not None:
             self._refuse(self._refusal, "server", plain)
             return

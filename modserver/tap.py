@@ -180,7 +180,9 @@ class Options(usage.Options):
     @_help(
         "Admit clients from this address or network (repeatable): 10.0.1.0/24, "
         "10.0.1.7, 2001:db8::/48, loopback, local (loopback and the networks of "
-        'this computer\'s interfaces), any. Others get "Forbidden". Default: local'
+        "this computer's interfaces), any; over mutual TLS also cn:NAME (a client "
+        "certificate's CN) and cn:* (any client certificate). Others get "
+        '"Forbidden". Default: local'
     )
     def opt_allow(self, rule: str) -> None:
         self["allow"].append(rule)
@@ -204,9 +206,7 @@ class Options(usage.Options):
         if self["log-level"].lower() not in LOG_LEVELS:
             raise usage.UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
         try:
-            self["allow-rules"] = access.parse_rules(
-                self["allow"] or access.DEFAULT_ALLOW, allow_cn=False
-            )
+            self["allow-rules"] = access.parse_rules(self["allow"] or access.DEFAULT_ALLOW)
         except ValueError as exc:
             raise usage.UsageError(f"--allow: {exc}") from None
         try:

@@ -113,9 +113,17 @@ def test_bad_rules_say_what_is_wrong(text, message):
         parse_rule(text)
 
 
-def test_cn_rules_are_refused_where_only_addresses_can_be_checked():
-    with pytest.raises(ValueError, match="certificate names are not allowed here"):
-        parse_rule("cn:alice", allow_cn=False)
+def test_cn_star_matches_any_client_with_a_certificate():
+    rule = parse_rule("cn:*")
+    assert rule.matches(Identity.of("10.0.0.1", cn="anyone"))
+    assert not rule.matches(Identity.of("10.0.0.1"))
+
+
+def test_a_certificate_name_can_admit_a_client_its_address_does_not():
+    p = policy(allow=("10.0.1.21", "cn:*"))
+    assert p.admits_certificates and not policy().admits_certificates
+    assert not p.admits(Identity.of("192.168.5.5"))
+    assert p.admits(Identity.of("192.168.5.5", cn="alice"))
 
 
 def test_identities_print_as_people_read_them():

@@ -366,21 +366,40 @@ def test_a_module_allow_list_refuses_others_at_hello():
     assert client.closed
 
 
-def test_a_certificate_cn_opens_a_module_that_names_it():
-    class Certificate:
-        class subject:  # noqa: N801 - pyOpenSSL's X509Name shape
-            commonName = "alice"  # noqa: N815
+class Certificate:
+    """What pyOpenSSL's X509 shows of a client certificate named alice."""
 
-        def get_subject(self):
-            return self.subject
+    class subject:  # noqa: N801 - pyOpenSSL's X509Name shape
+        commonName = "alice"  # noqa: N815
 
-    server = FakeServer(module_rules={"laser": ["cn:alice"]})
-    client = Client(server)
+    def get_subject(self):
+        return self.subject
+
+
+def shows_certificate(client):
+    """The TLS handshake completes with a client certificate."""
     client.transport.getPeerCertificate = Certificate
     client.protocol.handshakeCompleted()
+
+
+def test_a_certificate_cn_opens_a_module_that_names_it():
+    server = FakeServer(module_rules={"laser": ["cn:alice"]})
+    client = Client(server)
+    shows_certificate(client)
     client.send({"name": "laser"})
     assert client.replies()[0]["response"] == "ack"
     assert str(client.protocol.identity) == "10.1.2.3 (cn=alice)"
+
+
+def test_allow_cn_admits_a_client_by_its_certificate_and_refuses_one_without():
+    server = FakeServer(allow=("192.168.0.0/16", "cn:*"))
+    client = Client(server)
+    shows_certificate(client)
+    client.send({"name": "laser"})
+    assert client.replies()[0]["response"] == "ack"
+    client = Client(server)
+    client.send({"name": "laser"})
+    assert client.replies()[0]["response"].startswith("Forbidden: 10.1.2.3 may not use this server")
 
 
 def test_get_modules_help_and_status_list_only_the_modules_the_client_may_use():
