@@ -31,15 +31,15 @@ Hello (the first message): {"name": NAME}
   null or "_ping"        -> [your ip, your port]
   "_help"                -> this text
   "_get_modules[.PREFIX]" -> the module names (starting with PREFIX)
-  "_reload_"             -> re-read the config file
-  "_reload_MODULE"       -> restart MODULE's worker
+  "_reload_"             -> re-read the config file (administrators)
+  "_reload_MODULE"       -> restart MODULE's worker (administrators)
   "_status[.MODULE]"     -> the state of the server and its modules
   a module name          -> "ack", then send requests to that module
 
 Request to the module: {"function": F, "args": [...], "keep_alive": false}
   "function": "_help" gives the module's help; null leaves quietly.
-  Optional "timeout": seconds before the call is abandoned and the worker
-  restarted.  With "keep_alive": true the connection stays with the module
+  Optional "timeout": seconds before the call is abandoned (and, for
+  administrators, the worker restarted).  With "keep_alive": true the connection stays with the module
   for the next request (closed after 1 s idle by default).
   Any error reply closes the connection.
 """

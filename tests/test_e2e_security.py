@@ -110,12 +110,15 @@ def start(tmp_path, config, *args) -> ServerProcess:
 # 1. TLS that is TLS ------------------------------------------------------------------------
 
 
-def tls_session(port: int, pki: Pki, messages: list[bytes], who: str | None = None) -> list[bytes]:
+def tls_session(
+    port: int, pki: Pki, messages: list[bytes], who: str | None = None, source: str | None = None
+) -> list[bytes]:
     """Send ``messages`` on one TLS connection; return the reply lines."""
     context = ssl.create_default_context(cafile=str(pki.ca))
     if who:
         context.load_cert_chain(*map(str, pki.clients[who]))
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as raw:
+    where = (source, 0) if source else None
+    with socket.create_connection(("127.0.0.1", port), timeout=15, source_address=where) as raw:
         with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
             received = b""
             for message in messages:
@@ -431,3 +434,71 @@ async def test_the_async_client_speaks_mutual_tls(tmp_path, pki):
         )
         with pytest.raises(ConnectionFailed, match="TLS"):
             await bounded(stranger.com("basic", "add", 1, 1))
+
+
+# The recipe and the lab configuration of docs/operating.md --------------------------------
+
+
+def recipe() -> str:
+    """The shell block under "Making a lab CA and certificates" in docs/operating.md."""
+    text = (Path(__file__).parent.parent / "docs" / "operating.md").read_text()
+    section = text.split("### Making a lab CA and certificates", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def openssl_3() -> bool:
+    try:
+        done = subprocess.run(["openssl", "version"], capture_output=True, text=True, timeout=10)
+    except OSError:
+        return False
+    match = re.match(r"OpenSSL (\d+)\.", done.stdout)
+    return bool(match) and int(match.group(1)) >= 3
+
+
+@pytest.mark.skipif(not openssl_3(), reason="needs the openssl command, version 3 or newer")
+def test_the_documented_recipe_and_lab_configuration_work(tmp_path):
+    pki_dir = tmp_path / "pki"
+    pki_dir.mkdir()
+    script = recipe().replace("SERVER_IP=10.0.1.5", "SERVER_IP=127.0.0.1")
+    subprocess.run(
+        ["bash", "-e", "-c", script], cwd=pki_dir, check=True, capture_output=True, timeout=120
+    )
+    files = {name: pki_dir / name for name in ("lab-ca.pem", "server.pem", "server.key")}
+    pki = Pki(
+        files["lab-ca.pem"],
+        files["server.pem"],
+        {who: (pki_dir / f"{who}.pem", pki_dir / f"{who}.key") for who in ("alice", "bob")},
+        (None, None),
+    )
+    args = (
+        "--listen",
+        f"mtls:0:interface=127.0.0.1:certKey={files['server.pem']}:privateKey={files['server.key']}"
+        f":caCerts={files['lab-ca.pem']}",
+        # 127.0.0.1 plays the MATLAB PCs' addresses; 127.0.0.2 is elsewhere.
+        "--allow",
+        "127.0.0.1",
+        "--allow",
+        "cn:*",
+        "--admin-allow",
+        "127.0.0.1",
+        "--admin-allow",
+        "cn:alice",
+    )
+    with start(tmp_path, {"basic": BASIC}, *args) as srv:
+        port = tls_port(srv, "mutual TLS")
+        assert tls_client(port, pki, "alice").reload("basic") == 'Reloaded "basic"'
+        [refused] = tls_session(port, pki, [encode({"name": "_reload_basic"})], "bob", OTHER)
+        assert decode(refused)["response"].startswith(
+            "Forbidden: 127.0.0.2 (cn=bob) may not reload basic"
+        )
+        lines = tls_session(
+            port,
+            pki,
+            [encode({"name": "basic"}), encode({"function": "add", "args": [2, 3]})],
+            who="bob",
+            source=OTHER,  # an address --allow does not list: bob's certificate admits him
+        )
+        assert decode(lines[1])["response"] == 5
+        assert call(srv.port, "basic", "add", 2, 3, source=OTHER)["response"].startswith(
+            "Forbidden: 127.0.0.2 may not use this server"
+        )
