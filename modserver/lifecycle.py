@@ -7,7 +7,6 @@ them what happened and carries out what they decide.
 from __future__ import annotations
 
 import enum
-import signal
 from dataclasses import dataclass
 
 
@@ -63,14 +62,3 @@ class Backoff:
         if self.deaths == 1:
             return 0.0
         return min(self.cap, self.initial * 2 ** (self.deaths - 2))
-
-
-def describe_exit(exit_code: int | None, signal_number: int | None) -> str:
-    """How a worker ended, for people: ``exit code 3`` or ``signal 9 (SIGKILL)``."""
-    if signal_number is not None:
-        try:
-            name = signal.Signals(signal_number).name
-        except ValueError:
-            return f"signal {signal_number}"
-        return f"signal {signal_number} ({name})"
-    return f"exit code {exit_code}"

@@ -12,14 +12,13 @@ import errno
 import functools
 import json
 import os
-import signal
 from typing import TYPE_CHECKING
 
 from twisted.internet import error, interfaces, main, protocol
 from zope.interface import implementer
 
 from modserver import channel
-from modserver.lifecycle import describe_exit
+from modserver.platforms import describe_exit
 
 if TYPE_CHECKING:
     from modserver.supervisor import ModuleSupervisor
@@ -56,22 +55,6 @@ def _read_big(reader):
         return main.CONNECTION_DONE
     reader.dataReceived(data)
     return None
-
-
-def signal_group(pid: int, name: str) -> bool:
-    """Send SIGname to process group ``pid``; False if there is no such group.
-
-    Workers make themselves the leaders of their own process groups, so this
-    reaches whatever they started too.  Windows has no process groups.
-    """
-    number = getattr(signal, "SIG" + name, None)
-    if not hasattr(os, "killpg") or number is None:
-        return False
-    try:
-        os.killpg(pid, number)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
 
 
 @implementer(interfaces.IPushProducer)
@@ -145,11 +128,15 @@ class WorkerProcess(protocol.ProcessProtocol):
         reader = getattr(self.transport, "pipes", {}).get(1)
         if reader is not None:
             reader.stopReading()
+        else:  # Windows: the transport polls all its pipes together
+            self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         """The client caught up (or left): read the channel again."""
         reader = getattr(self.transport, "pipes", {}).get(1)
-        if reader is not None and not self.channel_closed:
+        if reader is None:
+            self.transport.resumeProducing()  # its exit is polled with its pipes
+        elif not self.channel_closed:
             reader.startReading()
 
     stopProducing = resumeProducing  # a client that left: keep draining the reply
@@ -218,7 +205,8 @@ class WorkerProcess(protocol.ProcessProtocol):
     # Signals ----------------------------------------------------------
 
     def signal(self, name: str) -> None:
-        """Send SIGname to the worker's process group, else to the worker alone.
+        """Send SIGname to the worker and what it started (its process group or
+        Job Object), else to the worker alone.
 
         Only while it runs: once it has exited its pid may belong to another.
         """
@@ -227,6 +215,6 @@ class WorkerProcess(protocol.ProcessProtocol):
         if self.group_signaller(self.pid, name):
             return
         try:
-            self.transport.signalProcess(name)  # not a group leader yet, or Windows
+            self.transport.signalProcess(name)  # not a group leader yet, or portable
         except error.ProcessExitedAlready:
             pass

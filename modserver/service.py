@@ -39,8 +39,9 @@ Hello (the first message): {"name": NAME}
 Request to the module: {"function": F, "args": [...], "keep_alive": false}
   "function": "_help" gives the module's help; null leaves quietly.
   Optional "timeout": seconds before the call is abandoned (and, for
-  administrators, the worker restarted).  With "keep_alive": true the connection stays with the module
-  for the next request (closed after 1 s idle by default).
+  administrators, the worker restarted).  With "keep_alive": true the
+  connection stays with the module for the next request (closed after 1 s
+  idle by default).
   Any error reply closes the connection.
 """
 

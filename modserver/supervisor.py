@@ -12,16 +12,16 @@ import collections
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from twisted.internet import defer
 from twisted.logger import LogLevel
 
-from modserver import channel, logs, wire
+from modserver import channel, logs, platforms, wire
 from modserver.config import ModuleSpec
 from modserver.errors import ReplyError
 from modserver.lifecycle import Backoff, State, check_transition
-from modserver.process import WorkerProcess, signal_group
+from modserver.process import WorkerProcess
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
@@ -44,12 +44,18 @@ class WorkerSettings:
     import_paths: tuple[str, ...] = ()  # the config's directory, the server's cwd
     max_reply: int = 1024**3
     log_level: int = 20  # stdlib logging level for module code
-    stop_grace: float = 5.0  # STOP -> SIGTERM
+    stop_grace: float = 5.0  # STOP -> SIGTERM (or, without SIGTERM, the kill)
     kill_grace: float = 2.0  # SIGTERM -> SIGKILL
     backoff: Callable[[], Backoff] = Backoff
     script: str = WORKER_SCRIPT
-    signal_group: Callable[[int, str], bool] = signal_group
+    platform: platforms.Platform = field(default_factory=platforms.current)
+    # Signals a worker with what it started; None: the platform's own.
+    signal_group: Callable[[int, str], bool] | None = None
     access_log: bool = True  # one log line per call
+
+    def __post_init__(self) -> None:
+        if self.signal_group is None:
+            self.signal_group = self.platform.signal_group
 
 
 class CallSink:
@@ -500,7 +506,7 @@ class ModuleSupervisor:
         args = [spec.python, "-u", self.settings.script, spec.name]
         self._spawned_at = self.reactor.seconds()
         try:
-            self.reactor.spawnProcess(proc, spec.python, args, env=env, path=spec.cwd)
+            self.settings.platform.spawn(self.reactor, proc, spec.python, args, env, spec.cwd)
         except Exception as exc:
             self._load_failed(
                 ReplyError("LoadError", f"{self.name}: cannot start {spec.python}: {exc}")
@@ -674,6 +680,9 @@ class ModuleSupervisor:
 
     def _terminate(self) -> None:
         del self._timers["terminate"]
+        if self.settings.platform.terminate_signal is None:
+            self._kill_now()  # Windows: no signal asks a process to stop
+            return
         self.log.warn(
             "worker did not stop within {grace:g} s; sending SIGTERM",
             module=self.name,
@@ -689,8 +698,17 @@ class ModuleSupervisor:
             self.log.warn("worker ignored SIGTERM; sending SIGKILL", module=self.name)
             self._process.signal("KILL")
 
+    def _kill_now(self) -> None:
+        self.log.warn(
+            "worker did not stop within {grace:g} s; killing it",
+            module=self.name,
+            grace=self.settings.stop_grace,
+        )
+        if self._process is not None:
+            self._process.signal("KILL")
+
     def _kill_leftovers(self, proc: WorkerProcess) -> None:
-        """Kill what is left of the worker's process group (its own children)."""
+        """Kill what is left of the worker's process group or Job Object (its children)."""
         if proc.pid is not None:
             self.settings.signal_group(proc.pid, "KILL")
 

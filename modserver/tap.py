@@ -9,7 +9,7 @@ from twisted.internet import endpoints
 from twisted.logger import LogLevel
 from twisted.python import usage
 
-from modserver import access
+from modserver import access, logs, platforms
 from modserver.config import ConfigError, read_config
 from modserver.lifecycle import Backoff
 from modserver.service import ModServer, ServerSettings
@@ -234,6 +234,21 @@ def config_location(given: str | None) -> tuple[str, bool]:
     return DEMO_CONFIG, True
 
 
+def _platform() -> platforms.Platform:
+    """This system's platform layer, or the portable one (MODSERVER_PLATFORM)."""
+    try:
+        platform = platforms.current()
+    except ValueError as exc:
+        raise SystemExit(f"modserver: {exc}") from None
+    if platform.name == "portable":
+        logs.server_log.warn(
+            "{var}=portable: workers are handled as on Windows, without Win32 (no process "
+            "groups, a channel reader thread, stopped by message then killed)",
+            var=platforms.ENV_VAR,
+        )
+    return platform
+
+
 def makeService(options: Options, reactor=None) -> ModServer:
     """Build the server from parsed options; a bad setup exits with one line."""
     if reactor is None:
@@ -248,6 +263,7 @@ def makeService(options: Options, reactor=None) -> ModServer:
             endpoints.serverFromString(reactor, description)
         except Exception as exc:
             raise SystemExit(f"modserver: bad --listen endpoint {description!r}: {exc}") from None
+    platform = _platform()
     log_level = LOG_LEVELS[options["log-level"].lower()]
     http = options["http"]
     if http is not None and http.isdigit():
@@ -283,6 +299,7 @@ def makeService(options: Options, reactor=None) -> ModServer:
             access_log=not options["no-access-log"],
             stop_grace=options["stop-grace"],
             backoff=functools.partial(Backoff, cap=options["backoff-cap"]),
+            platform=platform,
         ),
     )
     return ModServer(config, settings, reactor, demo=demo)

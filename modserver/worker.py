@@ -5,7 +5,8 @@ channel.py) with the server over what were its stdin and stdout.
 
 Standard-library only and Python 3.7 syntax: a module may need another
 interpreter (a 32-bit one for a vendor DLL), which has neither Twisted nor
-this package installed.  The two sibling files it needs are loaded by path.
+this package installed.  The sibling files it needs are loaded by path;
+what differs between POSIX and Windows is asked of platforms.py.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import importlib.util
 import json
 import logging
 import os
-import select
 import signal
 import site
 import sys
@@ -55,6 +55,8 @@ def _load_sibling(name: str):
 wire = _load_sibling("wire")
 channel = _load_sibling("channel")
 budget = _load_sibling("budget")
+platforms = _load_sibling("platforms")
+PLATFORM = platforms.current()  # the server sets MODSERVER_PLATFORM if it differs
 
 # Log records a module may send per second (and at once); beyond that they
 # are counted and the count is reported every few seconds instead.
@@ -75,21 +77,6 @@ class ReplyTooLarge(Exception):
     """The encoded reply is longer than the server accepts."""
 
 
-# Linux's F_SETPIPE_SZ (named in fcntl from Python 3.10 on).
-F_SETPIPE_SZ = 1031
-PIPE_SIZE = 1024 * 1024
-
-
-def _widen_pipe(fd: int) -> None:
-    """Let a reply cross the pipe in 1 MB pieces rather than 64 KB (Linux only)."""
-    try:
-        import fcntl
-
-        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
-    except (ImportError, OSError):
-        pass  # another system, or a lower limit: the default size works too
-
-
 def protect_channel() -> tuple[int, int]:
     """Move the channel off fds 0 and 1; point fd 1 at fd 2 (the log).
 
@@ -97,11 +84,11 @@ def protect_channel() -> tuple[int, int]:
     the server's log instead of corrupting the channel.
     """
     channel_in, channel_out = os.dup(0), os.dup(1)
-    _widen_pipe(channel_out)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
     os.dup2(2, 1)
+    PLATFORM.channel_moved(channel_in, channel_out)
     return channel_in, channel_out
 
 
@@ -130,11 +117,11 @@ class Channel:
     def watch(self) -> None:
         """Notice the server going away even while a call keeps the main thread.
 
-        Where poll() exists, a thread waits for the channel's hang-up alone
-        and the main thread reads frames itself (no hand-over per call);
-        elsewhere (Windows) a thread reads every frame and queues it.
+        Where a thread can wait for the channel's hang-up alone (poll), the
+        main thread reads frames itself (no hand-over per call); elsewhere
+        (Windows) a thread reads every frame and queues it.
         """
-        if hasattr(select, "poll"):
+        if PLATFORM.watches_hangups:
             threading.Thread(target=self._wait_for_hangup, name="hangup", daemon=True).start()
         else:
             import queue
@@ -152,11 +139,7 @@ class Channel:
         return frame
 
     def _wait_for_hangup(self) -> None:
-        poller = select.poll()
-        poller.register(self._fd_in, 0)  # 0: only hang-ups and errors wake us
-        hangup = select.POLLHUP | select.POLLERR | select.POLLNVAL
-        while not any(events & hangup for _, events in poller.poll()):
-            pass
+        PLATFORM.wait_for_hangup(self._fd_in)
         self.closed.set()
 
     def _read_forever(self) -> None:
@@ -562,16 +545,12 @@ def _leave_if_orphaned(chan: Channel) -> None:
     """Thread body: once the server is gone, exit even if a call is stuck."""
     chan.closed.wait()
     time.sleep(ORPHAN_GRACE)
-    _end_process_group(kill_self=True)
+    PLATFORM.end_own_group(kill_self=True)
     os._exit(EXIT_ORPHANED)
 
 
 def _set_up_process() -> None:
-    if hasattr(os, "setsid"):
-        try:
-            os.setsid()  # own process group: signals to it reach grandchildren
-        except OSError:
-            pass
+    PLATFORM.leave_server_group()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the server
     signal.signal(signal.SIGTERM, _on_sigterm)
     faulthandler.enable()  # a crash in C code leaves a Python traceback in the log
@@ -611,28 +590,9 @@ def main() -> int:
     return code
 
 
-def _end_process_group(kill_self: bool = False) -> None:
-    """Take the processes the module started down with us (a signal to our group).
-
-    Only as the group's leader (never the server's group).  The server also
-    kills what is left once it sees us gone, but not if it is gone itself.
-    From the main thread: SIGTERM, which we ignore ourselves; from another
-    thread (signal handlers cannot be changed there) ``kill_self``: SIGKILL
-    to everyone, us included.
-    """
-    if not hasattr(os, "killpg") or os.getpgrp() != os.getpid():
-        return
-    if not kill_self:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        os.killpg(os.getpid(), signal.SIGKILL if kill_self else signal.SIGTERM)
-    except OSError:
-        pass
-
-
 if __name__ == "__main__":
     code = main()
     logging.shutdown()
     sys.stderr.flush()
-    _end_process_group()
+    PLATFORM.end_own_group()  # what the module started leaves with it
     os._exit(code)  # do not wait for threads the module left running

@@ -10,7 +10,7 @@ from twisted.internet import error
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
-from modserver import channel
+from modserver import channel, platforms
 from modserver.config import ModuleSpec
 from modserver.supervisor import Call, CallSink, ModuleSupervisor, WorkerSettings
 
@@ -147,7 +147,9 @@ def make_supervisor(**spec_options) -> tuple[ModuleSupervisor, FakeReactor, Grou
     reactor = FakeReactor()
     signals = GroupSignals()
     spec = ModuleSpec(name="laser", module="mymodules.laser", entry="Laser", **spec_options)
-    settings = WorkerSettings(import_paths=("/config", "/cwd"), signal_group=signals)
+    settings = WorkerSettings(
+        import_paths=("/config", "/cwd"), platform=platforms.Posix(), signal_group=signals
+    )
     return ModuleSupervisor(spec, settings, reactor), reactor, signals
 
 

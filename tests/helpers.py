@@ -22,8 +22,21 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import pytest
+
+from modserver import platforms
+
 MODULES_DIR = Path(__file__).parent / "modules"
 SOCKET_TIMEOUT = 15.0
+
+ON_WINDOWS = os.name == "nt"
+# Ending a process at once: SIGKILL; on Windows os.kill is TerminateProcess.
+HARD_KILL = signal.SIGTERM if ON_WINDOWS else signal.SIGKILL
+# How a worker ended that way is described.
+HARD_KILL_EXIT = "exit code 15" if ON_WINDOWS else "signal 9 (SIGKILL)"
+# Asking the server to stop: SIGTERM; on Windows, where twistd stops on
+# SIGBREAK, Ctrl-Break to its process group.
+GRACEFUL_STOP = signal.CTRL_BREAK_EVENT if ON_WINDOWS else signal.SIGTERM
 
 
 def twistd_command() -> list[str]:
@@ -34,9 +47,14 @@ def twistd_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; run()"]
 
 
+# twistd in the foreground, without a pid file (on Windows it writes none and
+# has no --pidfile option).
+TWISTD_FOREGROUND = ["-n"] if ON_WINDOWS else ["-n", "--pidfile="]
+
+
 def modserver_command() -> list[str]:
     """``twistd -n modserver`` in the foreground, without a pid file."""
-    return [*twistd_command(), "-n", "--pidfile=", "modserver"]
+    return [*twistd_command(), *TWISTD_FOREGROUND, "modserver"]
 
 
 def wait_for(condition, timeout: float = 15.0, interval: float = 0.02, what: str = "condition"):
@@ -186,7 +204,12 @@ class ServerProcess:
             ]
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            command, cwd=cwd or self.directory, stdout=self._log, stderr=subprocess.STDOUT
+            command,
+            cwd=cwd or self.directory,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            # Windows: a group of its own, so that Ctrl-Break reaches only the server.
+            creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),
         )
         try:
             if port is None:
@@ -200,7 +223,7 @@ class ServerProcess:
             if wait_ready:
                 self.wait_settled()
         except BaseException:
-            self.stop(signal.SIGKILL)  # no `with` block will run to stop it
+            self.stop(HARD_KILL)  # no `with` block will run to stop it
             raise
         return self
 
@@ -236,7 +259,7 @@ class ServerProcess:
             what=f"{module} to be {state}",
         )
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+    def stop(self, sig: int = GRACEFUL_STOP, timeout: float = 20.0) -> int:
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
         self.process.send_signal(sig)
@@ -264,18 +287,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+pid_alive = platforms.process_exists
+
+
+def kill_hard(pid: int) -> None:
+    """End process ``pid`` at once, as a crash or Task Manager would."""
+    os.kill(pid, HARD_KILL)
+
+
+def needs_proc(what: str) -> None:
+    """Skip where there is no Linux /proc to read ``what`` from."""
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip(f"reading {what} needs Linux's /proc")
 
 
 class Relay:

@@ -8,12 +8,26 @@ that proves the poller has looked again, instead of sleeping.
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 import pytest
 
-from tests.helpers import Connection, ServerProcess, call, hello, pid_alive, response, wait_for
+from tests.helpers import (
+    HARD_KILL,
+    HARD_KILL_EXIT,
+    ON_WINDOWS,
+    Connection,
+    ServerProcess,
+    call,
+    hello,
+    kill_hard,
+    pid_alive,
+    response,
+    wait_for,
+)
+
+# Each test runs on this system's platform layer and on the portable one.
+pytestmark = pytest.mark.usefixtures("platform_mode")
 
 LIFE = ["lifecycle", "Life", None]
 MARKER_SOURCE = "class Marker:\n    def value(self):\n        return {!r}\n"
@@ -74,25 +88,31 @@ def test_kill_9_mid_call_is_answered_within_a_second_and_waiting_calls_get_a_new
         waiting = open_call(srv.port, "life", "version")
         wait_for(lambda: srv.module_status("life")["queue"] == 1, what="a waiting call")
         killed = time.monotonic()
-        os.kill(pid, signal.SIGKILL)
+        kill_hard(pid)
         reply = in_flight.reply(True)
         assert time.monotonic() - killed < 1.0
         assert reply["error"] is True
         assert reply["response"] == (
-            "WorkerDied: the worker of life died during sleep() (signal 9 (SIGKILL))"
+            f"WorkerDied: the worker of life died during sleep() ({HARD_KILL_EXIT})"
         )
         assert response(waiting.reply(True)) == 1
         status = srv.module_status("life")
         assert status["pid"] != pid and status["restarts"] == 1
-        assert status["last_exit"] == "signal 9 (SIGKILL)"
+        assert status["last_exit"] == HARD_KILL_EXIT
+
+
+if ON_WINDOWS:
+    SEGFAULT = (
+        "exit code 0xC0000005 (access violation)",
+        "Windows fatal exception: access violation",
+    )
+else:
+    SEGFAULT = ("signal 11 (SIGSEGV)", "Fatal Python error: Segmentation fault")
 
 
 @pytest.mark.parametrize(
     "method, args, how, output",
-    [
-        ("die", [5], "exit code 5", "about to exit with 5"),
-        ("segfault", [], "signal 11 (SIGSEGV)", "Fatal Python error: Segmentation fault"),
-    ],
+    [("die", [5], "exit code 5", "about to exit with 5"), ("segfault", [], *SEGFAULT)],
 )
 def test_a_worker_that_dies_in_a_call_is_named_and_respawned(tmp_path, method, args, how, output):
     with start(tmp_path, {"life": LIFE}) as srv:
@@ -324,23 +344,23 @@ def test_reload_forces_a_config_reread(tmp_path):
 # Stops -----------------------------------------------------------------------------------
 
 
-def test_grandchildren_die_with_their_worker(tmp_path):
+def test_grandchildren_die_with_their_worker(tmp_path, needs_children_ended):
     with start(tmp_path, {"life": LIFE}) as srv:
         child = response(call(srv.port, "life", "spawn_child"))
-        os.kill(srv.module_status("life")["pid"], signal.SIGKILL)
+        kill_hard(srv.module_status("life")["pid"])
         wait_for(lambda: not pid_alive(child), what="the worker's child to die with it")
         srv.wait_state("life", "ready")
         child = response(call(srv.port, "life", "spawn_child"))
     wait_for(lambda: not pid_alive(child), what="the child to die when the server stopped")
 
 
-def test_nothing_survives_the_server_being_killed(tmp_path):
+def test_nothing_survives_the_server_being_killed(tmp_path, needs_children_ended):
     srv = start(tmp_path, {"life": LIFE, "busy": LIFE})
     child = response(call(srv.port, "life", "spawn_child"))
     workers = [srv.module_status(name)["pid"] for name in ("life", "busy")]
     stuck = open_call(srv.port, "busy", "hang")
     srv.wait_state("busy", "busy")
-    srv.stop(signal.SIGKILL)
+    srv.stop(HARD_KILL)
     stuck.close()
     wait_for(
         lambda: not any(pid_alive(p) for p in [*workers, child]),
@@ -361,3 +381,21 @@ def test_status_shows_the_call_in_progress_and_for_how_long(tmp_path):
         after = srv.module_status("life")
         assert after["current_call"] is None and after["calls_served"] == 1
         assert after["uptime"] > 0 and after["restarts"] == 0
+
+
+# Platform layers ---------------------------------------------------------------------
+
+
+def test_workers_run_on_the_platform_layer_the_server_chose(tmp_path, platform_mode):
+    """Portable mode (MODSERVER_PLATFORM=portable) reaches the workers too."""
+    with start(tmp_path, {"life": LIFE}) as srv:
+        pid = srv.module_status("life")["pid"]
+        threads = response(call(srv.port, "life", "threads"))
+        if platform_mode == "portable" or ON_WINDOWS:
+            assert "channel" in threads and "hangup" not in threads  # a reader thread
+        else:
+            assert "hangup" in threads and "channel" not in threads  # poll()
+        if not ON_WINDOWS:
+            assert (os.getpgid(pid) == pid) is (platform_mode == "native")
+        portable_noted = "MODSERVER_PLATFORM=portable" in srv.log()
+        assert portable_noted is (platform_mode == "portable")

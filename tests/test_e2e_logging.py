@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 from twisted.logger import eventsFromJSONLogFile
 
-from tests.helpers import ServerProcess, call, response, wait_for
+from tests.helpers import ServerProcess, call, needs_proc, response, wait_for
+
+# Each test runs on this system's platform layer and on the portable one.
+pytestmark = pytest.mark.usefixtures("platform_mode")
 
 CHATTY = {"chatty": ["chatty", "Chatty", None], "basic": ["basic", "Basic", None]}
 
@@ -23,6 +26,7 @@ def json_events(path: Path) -> list[dict]:
 
 
 def rss_kb(pid: int) -> int:
+    needs_proc("memory use")
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
@@ -31,7 +35,7 @@ def rss_kb(pid: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, platform_mode):
     directory = tmp_path_factory.mktemp("logging")
     args = ("--json-log", str(directory / "logs" / "modserver.json"))
     with ServerProcess(directory, CHATTY, args).start() as srv:

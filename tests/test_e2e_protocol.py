@@ -15,7 +15,19 @@ import urllib.parse
 
 import pytest
 
-from tests.helpers import Connection, ServerProcess, call, decode, hello, response, wait_for
+from tests.helpers import (
+    Connection,
+    ServerProcess,
+    call,
+    decode,
+    hello,
+    needs_proc,
+    response,
+    wait_for,
+)
+
+# Each test runs on this system's platform layer and on the portable one.
+pytestmark = pytest.mark.usefixtures("platform_mode")
 
 CONFIG = {
     "_comment": "names starting with an underscore are ignored",
@@ -49,7 +61,7 @@ encodings = pytest.mark.parametrize("plain", [False, True], ids=["urlencoded", "
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, platform_mode):
     with ServerProcess(tmp_path_factory.mktemp("protocol"), CONFIG).start() as srv:
         yield srv
 
@@ -635,6 +647,7 @@ def test_the_reply_encoded_by_the_worker_reaches_the_client_byte_for_byte(port, 
 
 def test_a_slow_client_does_not_make_the_server_hold_the_reply(server):
     """While a client reads slowly, the worker's pipe is paused, not buffered."""
+    needs_proc("the server's memory use")
     size = 60_000_000
 
     def rss_kb():

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (
+    GRACEFUL_STOP,
+    HARD_KILL,
+    ON_WINDOWS,
     Connection,
     ServerProcess,
     call,
@@ -27,6 +30,9 @@ from tests.helpers import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Each test runs on this system's platform layer and on the portable one.
+pytestmark = pytest.mark.usefixtures("platform_mode")
 
 
 def run_twistd(args, cwd, timeout=30):
@@ -159,7 +165,7 @@ def test_compatible_server_main_runs_the_same_server(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small_limits(tmp_path_factory):
+def small_limits(tmp_path_factory, platform_mode):
     directory = tmp_path_factory.mktemp("limits")
     config = {"basic": ["basic", "Basic", None]}
     args = ("--max-request", "2K", "--max-reply", "4K")
@@ -198,7 +204,12 @@ def test_reply_over_the_limit_is_an_error(small_limits):
 
 
 def _other_interpreter():
-    """An older CPython (stdlib only), to show the worker does not need our environment."""
+    """An older CPython (stdlib only), to show the worker does not need our environment.
+
+    MODSERVER_OLD_PYTHON names one (CI sets it to a Python 3.7).
+    """
+    if os.environ.get("MODSERVER_OLD_PYTHON"):
+        return os.environ["MODSERVER_OLD_PYTHON"]
     candidates = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.[789].*/bin/python3")))
     candidates += ["/usr/bin/python3"]
     for path in candidates:
@@ -207,6 +218,9 @@ def _other_interpreter():
     return None
 
 
+@pytest.mark.skipif(
+    ON_WINDOWS, reason="a link to a venv's python.exe is no Python on Windows (no pyvenv.cfg)"
+)
 def test_per_module_python_cwd_and_env(tmp_path):
     link = tmp_path / "lab-python"
     link.symlink_to(sys.executable)
@@ -283,7 +297,7 @@ def test_workers_exit_when_the_server_is_killed(tmp_path):
     response(conn.reply(True))
     conn.send({"function": "sleep", "args": [30]}, True)
     srv.wait_state("busy", "busy")
-    srv.stop(signal.SIGKILL)
+    srv.stop(HARD_KILL)
     conn.close()
     wait_for(
         lambda: not any(pid_alive(pid) for pid in pids),
@@ -292,6 +306,7 @@ def test_workers_exit_when_the_server_is_killed(tmp_path):
     )
 
 
+@pytest.mark.skipif(ON_WINDOWS, reason="on Windows os.kill ends a process at once: no SIGTERM")
 def test_a_worker_sent_sigterm_directly_still_calls_exit(tmp_path):
     """Service managers (systemd's default KillMode) signal every process at once."""
     (tmp_path / "tidy.py").write_text(
@@ -307,7 +322,11 @@ def test_a_worker_sent_sigterm_directly_still_calls_exit(tmp_path):
         wait_for(lambda: mark.exists() and "exit called" in mark.read_text(), what="__exit__")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+# Windows: Ctrl-Break (SIGBREAK); Ctrl-C cannot be sent to another console process group.
+STOP_SIGNALS = [GRACEFUL_STOP] if ON_WINDOWS else [signal.SIGTERM, signal.SIGINT]
+
+
+@pytest.mark.parametrize("sig", STOP_SIGNALS, ids=lambda sig: signal.Signals(sig).name)
 def test_the_server_stops_every_worker_after_its_exit_hook(tmp_path, sig):
     (tmp_path / "tidy.py").write_text(
         "import os\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import call, hello, response, wait_for
+from tests.helpers import ON_WINDOWS, TWISTD_FOREGROUND, call, hello, response, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,7 @@ def fresh_venv(tmp_path_factory):
     """A virtual environment with nothing of ours in it."""
     where = tmp_path_factory.mktemp("venv")
     venv.EnvBuilder(with_pip=True).create(where)
-    return where / "bin"
+    return where / ("Scripts" if ON_WINDOWS else "bin")
 
 
 def _pip(bin_dir: Path, *args: str) -> None:
@@ -62,7 +62,7 @@ def test_a_fresh_install_serves_the_demo(fresh_venv, tmp_path):
     """The README's first command: install, then ``twistd -n modserver`` answers."""
     _pip(fresh_venv, str(ROOT))
     log = tmp_path / "server.log"
-    twistd = [str(fresh_venv / "twistd"), "-n", "--pidfile=", "modserver"]
+    twistd = [str(fresh_venv / "twistd"), *TWISTD_FOREGROUND, "modserver"]
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [*twistd, "--listen", "tcp:0:interface=127.0.0.1"],

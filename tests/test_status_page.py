@@ -10,14 +10,21 @@ import json
 import os
 import re
 import shutil
-import signal
 import tempfile
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ServerProcess, call, hello, response, wait_for
+from tests.helpers import (
+    HARD_KILL_EXIT,
+    ServerProcess,
+    call,
+    hello,
+    kill_hard,
+    response,
+    wait_for,
+)
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -123,10 +130,10 @@ def test_the_page_follows_a_killed_module_by_itself(server, browser):
     browser.get(server.url)
     old_pid = cell(browser, "stage", "pid")
     assert cell(browser, "stage", "state") == "ready" and old_pid
-    os.kill(int(old_pid), signal.SIGKILL)
+    kill_hard(int(old_pid))
     wait = WebDriverWait(browser, 20, poll_frequency=0.1)
     wait.until(lambda b: cell(b, "stage", "state") == "starting")  # no reload: the page refreshes
-    assert cell(browser, "stage", "exit") == "signal 9 (SIGKILL)"
+    assert cell(browser, "stage", "exit") == HARD_KILL_EXIT
     wait.until(lambda b: cell(b, "stage", "state") == "ready")
     assert cell(browser, "stage", "pid") not in ("", old_pid)
     assert cell(browser, "stage", "restarts") == "1"

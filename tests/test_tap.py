@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.python import usage
 
-from modserver import tap
+from modserver import platforms, tap
 from tests.fakes import FakeReactor
 
 
@@ -90,3 +90,17 @@ def test_bad_endpoint_exits_with_one_line(tmp_path):
     with pytest.raises(SystemExit) as caught:
         tap.makeService(options("--config", str(config), "--listen", "tcp:notaport"), FakeReactor())
     assert str(caught.value).startswith("modserver: bad --listen endpoint 'tcp:notaport'")
+
+
+def test_the_platform_layer_comes_from_the_environment(tmp_path, monkeypatch):
+    config = tmp_path / "lab.config"
+    config.write_text("{}")
+    monkeypatch.setenv(platforms.ENV_VAR, "portable")
+    service = tap.makeService(options("--config", str(config)), FakeReactor())
+    assert service.settings.workers.platform.name == "portable"
+    monkeypatch.setenv(platforms.ENV_VAR, "solaris")
+    with pytest.raises(SystemExit) as caught:
+        tap.makeService(options("--config", str(config)), FakeReactor())
+    message = str(caught.value)
+    assert message.startswith("modserver: MODSERVER_PLATFORM=solaris is not known")
+    assert "\n" not in message

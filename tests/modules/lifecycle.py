@@ -4,6 +4,7 @@ import ctypes
 import os
 import subprocess
 import sys
+import threading
 import time
 
 VERSION = 1
@@ -16,6 +17,10 @@ class Life:
 
     def pid(self):
         return os.getpid()
+
+    def threads(self):
+        """The names of the worker's threads."""
+        return sorted(thread.name for thread in threading.enumerate())
 
     def sleep(self, seconds):
         time.sleep(seconds)

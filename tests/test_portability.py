@@ -1,0 +1,72 @@
+"""What keeps modserver portable: Python 3.7 for worker-side files, and a CI
+workflow for Windows and macOS that is at least valid."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "modserver"
+WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
+
+# Files a worker loads (it may run under a lab's Python 3.7), and the client
+# that lab PCs run.
+PYTHON_37_FILES = ["worker", "wire", "channel", "budget", "platforms", "client"]
+
+
+def test_the_syntax_check_knows_python_37():
+    with pytest.raises(SyntaxError):
+        ast.parse("if (n := 1): pass", feature_version=(3, 7))
+
+
+@pytest.mark.parametrize("name", PYTHON_37_FILES)
+def test_worker_side_files_keep_python_37_syntax(name):
+    path = PACKAGE / f"{name}.py"
+    ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 7))
+
+
+@pytest.mark.parametrize("name", PYTHON_37_FILES)
+def test_worker_side_files_import_only_the_standard_library(name):
+    """At load time, that is: server-only parts may import more when called."""
+    tree = ast.parse((PACKAGE / f"{name}.py").read_text(encoding="utf-8"))
+    imported = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    imported.discard("__future__")
+    assert imported <= sys.stdlib_module_names
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("check_jsonschema") is None,
+    reason="check-jsonschema is not installed",
+)
+def test_the_ci_workflow_is_a_valid_github_workflow():
+    """GitHub's workflow schema, as bundled with check-jsonschema (no network)."""
+    schema = ("--builtin-schema", "vendor.github-workflows")
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", *schema, str(WORKFLOW)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_ci_workflow_runs_the_readme_test_command_everywhere():
+    text = WORKFLOW.read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "pip install -e '.[test]' && python -m pytest" in readme
+    assert "python -m pytest" in text and 'pip install -e ".[test]"' in text
+    for runner in ("ubuntu-latest", "windows-latest", "macos-latest"):
+        assert runner in text
+    for version in ('"3.10"', '"3.13"', '"3.7"'):
+        assert version in text
