@@ -12,6 +12,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 
 import modserver
 from modserver import logs
+from modserver.announce import Announcer, Listener
 from modserver.config import Config, ConfigError, read_config
 from modserver.errors import ReplyError
 from modserver.protocol import ClientFactory
@@ -57,6 +58,10 @@ class ServerSettings:
     json_log_size: int = 10 * 1024 * 1024
     json_log_count: int = 5
     http: str | None = None  # endpoint of the status page
+    # DNS-SD announcement: True, False, or None for "when listening beyond
+    # loopback" (the command line's default).  Off here, so that a server
+    # built in code (the tests') stays off the lab network unless asked.
+    announce: bool | None = False
     workers: WorkerSettings = field(default_factory=WorkerSettings)
 
 
@@ -94,6 +99,9 @@ class ModServer(service.MultiService):
             self._listeners.append(
                 ("status page", settings.http, strports.service(settings.http, site, reactor))
             )
+        self.bound: list[Listener] = []  # where we listen, once bound
+        self.announcer = Announcer(self, reactor)
+        self.announcer.setServiceParent(self)
         self.log_tail = logs.LogTail()
         self._observers: list = []
         self._json_stream = None
@@ -173,11 +181,13 @@ class ModServer(service.MultiService):
                 raise SystemExit(f"modserver: cannot listen on {description}: {reason}") from None
             except Exception as exc:
                 raise SystemExit(f"modserver: cannot listen on {description}: {exc}") from None
-            listener._waitingForPort.addCallback(self._listening, kind)
+            listener._waitingForPort.addCallback(self._listening, kind, description)
 
-    def _listening(self, port, kind: str):
+    def _listening(self, port, kind: str, description: str = ""):
         address = port.getHost()
         host, number = getattr(address, "host", address), getattr(address, "port", "")
+        if isinstance(host, str) and isinstance(number, int):
+            self.bound.append(Listener(kind, description, host, number))
         if kind == "status page":
             self.log.info("status page on http://{host}:{port}/", host=host, port=number)
         else:
