@@ -271,7 +271,12 @@ class Listing:
     def as_dict(self) -> dict:
         found = self.server.as_dict()
         found.update(
-            {"address": self.address() or None, "modules": self.modules, "error": self.error}
+            {
+                "host": self.host,
+                "address": self.address() or None,
+                "modules": self.modules,
+                "error": self.error,
+            }
         )
         return found
 

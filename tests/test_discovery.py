@@ -117,7 +117,7 @@ def test_discover_prints_servers_their_modules_and_shared_names():
         "note: echo is offered by 2 servers: a on pc1, b on pc2",
     ]
     as_json = json.loads(discovery.format_listings(listings, as_json=True))
-    assert as_json[1]["address"] == "10.0.0.6:36577"
+    assert (as_json[1]["host"], as_json[1]["address"]) == ("10.0.0.6", "10.0.0.6:36577")
     assert as_json[1]["modules"] == ["echo"]
     assert as_json[1]["status_page"] == "http://10.0.0.6:8080/"
     assert as_json[2]["error"] == "cannot connect" and as_json[2]["modules"] is None

@@ -372,3 +372,17 @@ def test_without_zeroconf_the_default_logs_one_line_and_serves(lab, tmp_path):
         assert "not announced on the lab network: python-zeroconf is not installed" in lines[0]
         assert "pip install 'modserver[discovery]'" in lines[0]
         assert server.process.poll() is None
+
+
+def test_two_servers_of_one_name_on_one_computer_are_told_apart(lab, servers, tmp_path):
+    a, b = lab.hosts
+    (tmp_path / "1").mkdir()
+    (tmp_path / "2").mkdir()
+    first = start_server(lab, a, tmp_path / "1", CONFIG_SHUTTER, "shutter-pc", "tcp:36578")
+    with first:
+        second = start_server(lab, a, tmp_path / "2", CONFIG_SHUTTER, "shutter-pc", "tcp:36579")
+        with second:
+            assert f"as '{SHUTTER_PC}-2'" in second.log()
+            found = discovered(lab, b)
+            assert found[SHUTTER_PC]["port"] == 36578
+            assert found[f"{SHUTTER_PC}-2"]["port"] == 36579
