@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 import modserver
 from modserver import discovery, logs
+from modserver.client import DEFAULT_PORT
 
 # Records live this long in other computers' caches (RFC 6762 suggests 75
 # minutes for most): a server that dies without withdrawing drops out of
@@ -119,10 +120,20 @@ def advertised_addresses(
     return [host]
 
 
-def _label(text: str) -> str:
-    """Text cut to one DNS label (63 bytes of UTF-8), at a character boundary."""
-    encoded = text.encode("utf-8")[:MAX_LABEL]
-    return encoded.decode("utf-8", "ignore").strip()
+def _label(text: str, suffix: str = "") -> str:
+    """Text cut to fit one DNS label (63 bytes of UTF-8) with ``suffix``, at a character."""
+    encoded = text.encode("utf-8")[: MAX_LABEL - len(suffix.encode("utf-8"))]
+    return encoded.decode("utf-8", "ignore").strip() + suffix
+
+
+def instance_name(name: str, label: str, port: int) -> str:
+    """``"lasers on labpc1"``, with ``":PORT"`` when not on the usual port.
+
+    The port keeps two servers on one computer apart by construction: the
+    renaming that mDNS probing allows relies on a unicast answer, which on
+    one computer may reach the other server's socket instead of ours.
+    """
+    return _label(f"{name} on {label}", "" if port == DEFAULT_PORT else f":{port}")
 
 
 def host_label(hostname: str) -> str:
@@ -167,7 +178,7 @@ def make_plan(
     # rename the computer.  The digest keeps two servers apart.
     digest = hashlib.sha1(f"{label} {main.port} {' '.join(addresses)}".encode()).hexdigest()
     return Plan(
-        instance=_label(f"{name} on {label}"),
+        instance=instance_name(name, label, main.port),
         host_name=f"{label}-{digest[:6]}.local.",
         port=main.port,
         addresses=addresses,

@@ -129,6 +129,13 @@ def test_two_servers_on_one_computer_get_host_names_of_their_own():
     assert one.host_name != two.host_name
 
 
+def test_a_server_off_the_usual_port_has_the_port_in_its_name():
+    plan = announce.make_plan("a", "0.1.0", "labpc1", clients("0.0.0.0", port=36600), LOCAL)
+    assert plan.instance == "a on labpc1:36600"
+    long = announce.instance_name("µ" * 80, "labpc1", 36600)
+    assert long.endswith("µ:36600") and len(long.encode()) <= 63
+
+
 def test_names_are_cut_to_one_dns_label_and_made_dns_safe():
     plan = announce.make_plan("µ" * 80, "0.1.0", "Lab PC_3.lan", clients("0.0.0.0"), LOCAL)
     assert len(plan.instance.encode()) <= 63
