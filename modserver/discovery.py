@@ -172,6 +172,15 @@ def _join(host: str, port: int) -> str:
 # Watching the network --------------------------------------------------------------
 
 
+def _open_zeroconf(zeroconf):
+    try:
+        return zeroconf.Zeroconf()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: no interface with an address
+        raise DiscoveryUnavailable(
+            "cannot speak multicast DNS on this computer's network interfaces: %s" % exc
+        ) from None
+
+
 class Browser:
     """Keeps the names of the modservers announced on the network current.
 
@@ -184,7 +193,7 @@ class Browser:
     def __init__(self, zc=None, on_change=None) -> None:
         zeroconf = load_zeroconf()
         self._own = zc is None
-        self.zc = zeroconf.Zeroconf() if zc is None else zc
+        self.zc = _open_zeroconf(zeroconf) if zc is None else zc
         self._gone_state = zeroconf.ServiceStateChange.Removed
         self._on_change = on_change
         self._lock = threading.Lock()
@@ -194,9 +203,14 @@ class Browser:
         # 5353 on a computer where a server and this client both listen on
         # it, reaches one of the two sockets, maybe not ours.
         self._qm = zeroconf.DNSQuestionType.QM
-        self._browser = zeroconf.ServiceBrowser(
-            self.zc, SERVICE_TYPE, handlers=[self._changed], question_type=self._qm
-        )
+        try:
+            self._browser = zeroconf.ServiceBrowser(
+                self.zc, SERVICE_TYPE, handlers=[self._changed], question_type=self._qm
+            )
+        except BaseException:
+            if self._own:
+                self.zc.close()
+            raise
 
     def _changed(self, zeroconf, service_type, name, state_change) -> None:
         gone = state_change == self._gone_state

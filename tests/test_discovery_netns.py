@@ -385,3 +385,19 @@ def test_two_servers_of_one_name_on_one_computer_are_told_apart_by_port(lab, ser
             found = discovered(lab, b)
             assert found[SHUTTER_PC]["port"] == 36578
             assert found[f"shutter-pc on {HOST}:36579"]["port"] == 36579
+
+
+def test_discover_without_a_network_says_why(lab):
+    if shutil.which("unshare") is None:
+        pytest.skip("needs util-linux's unshare")
+    # A network namespace of its own, with nothing in it: no interface is up.
+    result = subprocess.run(
+        ["unshare", "--net", *client_command(), "discover"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3
+    assert result.stderr.startswith(
+        "error: cannot speak multicast DNS on this computer's network interfaces: "
+    )
