@@ -34,6 +34,7 @@ from modserver.client import (
     ConnectionFailed,
     ReplyTimeout,
     ServerError,
+    load_discovery,
 )
 from modserver.lines import ChunkedLineReceiver
 
@@ -234,11 +235,9 @@ class AsyncLab:
     def __init__(
         self, wait: float | None = None, timeout: float = DEFAULT_TIMEOUT, reactor=None
     ) -> None:
-        from modserver.client import _discovery
-
         if reactor is None:
             from twisted.internet import reactor
-        self.discovery = _discovery()
+        self.discovery = load_discovery()
         self.wait = self.discovery.DEFAULT_WAIT if wait is None else wait
         self.timeout = timeout
         self.reactor = reactor

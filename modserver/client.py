@@ -352,7 +352,7 @@ class Lab:
     """
 
     def __init__(self, wait: float = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-        discovery = _discovery()
+        discovery = load_discovery()
         self.timeout = timeout
         self.wait = discovery.DEFAULT_WAIT if wait is None else wait
         self._finder = discovery.Finder(self.wait, timeout)
@@ -389,7 +389,7 @@ class Lab:
         self.close()
 
 
-def _discovery():
+def load_discovery():
     """modserver.discovery, once zeroconf is known to be there."""
     try:
         from modserver import discovery
@@ -474,13 +474,13 @@ def _run(lab: Client, options):
     if command == "status":
         return lab.status(options.name)
     if command == "discover":
-        return _discovery().discover(options.wait, options.timeout)
+        return load_discovery().discover(options.wait, options.timeout)
     return lab.com(options.module, options.function, *map(_argument, options.args))
 
 
 def _show(command: str, response, as_json: bool, wait: float = 0) -> str:
     if command == "discover":
-        return _discovery().format_listings(response, wait, as_json)
+        return load_discovery().format_listings(response, wait, as_json)
     if as_json:
         return json.dumps(response)
     if isinstance(response, str):
