@@ -14,6 +14,11 @@ always verified.
 
 Errors are those of modserver.client: ServerError for an error reply,
 ConnectionFailed and ReplyTimeout when the server is out of reach.
+
+``AsyncLab`` finds modules by name on the lab network, as client.Lab does::
+
+    lab = AsyncLab()
+    reading = await lab.com("wavemeter", "read")
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import collections
 import json
 
-from twisted.internet import defer, endpoints, error
+from twisted.internet import defer, endpoints, error, threads
 from twisted.internet.protocol import Factory
 
 from modserver import wire
@@ -33,6 +38,7 @@ from modserver.client import (
     ConnectionFailed,
     ReplyTimeout,
     ServerError,
+    load_discovery,
 )
 from modserver.lines import ChunkedLineReceiver
 
@@ -267,3 +273,63 @@ class AsyncSession:
         """Say goodbye and close the connection."""
         self._proto.send({"function": None, "args": [], "keep_alive": False})
         self._proto.transport.loseConnection()
+
+
+class AsyncLab:
+    """client.Lab for Twisted programs: modules by name, on whichever server offers them.
+
+    Looking around the network blocks (zeroconf waits for answers), so it
+    runs in the reactor's thread pool; the calls themselves are AsyncClient's.
+    Needs python-zeroconf (``pip install 'modserver[discovery]'``).
+    """
+
+    def __init__(
+        self, wait: float | None = None, timeout: float = DEFAULT_TIMEOUT, reactor=None
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.discovery = load_discovery()
+        self.wait = self.discovery.DEFAULT_WAIT if wait is None else wait
+        self.timeout = timeout
+        self.reactor = reactor
+        self._finder = None
+
+    def _in_thread(self, function, *args) -> defer.Deferred:
+        pool = self.reactor.getThreadPool()
+        return threads.deferToThreadPool(self.reactor, pool, function, *args)
+
+    async def _located(self, module: str):
+        if self._finder is None:  # opening zeroconf's sockets blocks too
+            self._finder = await self._in_thread(self.discovery.Finder, self.wait, self.timeout)
+        return await self._in_thread(self._finder.locate, module)
+
+    def client(self, module: str) -> defer.Deferred:
+        """Fires with an AsyncClient for the server that offers ``module``."""
+
+        async def run():
+            listing = await self._located(module)
+            return AsyncClient(listing.host, listing.server.port, self.timeout, self.reactor)
+
+        return defer.Deferred.fromCoroutine(run())
+
+    def com(
+        self, module: str, funcname: str = "_help", *args, timeout: float | None = None
+    ) -> defer.Deferred:
+        """AsyncClient.com on the server that offers ``module``."""
+
+        async def run():
+            client = await self.client(module)
+            try:
+                return await client.com(module, funcname, *args, timeout=timeout)
+            except (ConnectionFailed, ReplyTimeout):
+                self._finder.forget(module)  # it may have moved: look again next time
+                raise
+
+        return defer.Deferred.fromCoroutine(run())
+
+    def close(self) -> defer.Deferred:
+        """Stop watching the network."""
+        finder, self._finder = self._finder, None
+        if finder is None:
+            return defer.succeed(None)
+        return self._in_thread(finder.close)

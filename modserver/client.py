@@ -51,6 +51,7 @@ __all__ = [
     "Client",
     "ClientError",
     "ConnectionFailed",
+    "Lab",
     "ModuleProxy",
     "ReplyTimeout",
     "ServerError",
@@ -437,11 +438,77 @@ class Session:
 client = Client
 
 
+class Lab:
+    """Calls modules by name on whichever modserver of the lab network offers them::
+
+        lab = Lab()
+        lab.com("wavemeter", "read")
+
+    Servers announce themselves with DNS-SD (multicast DNS); finding them
+    needs the modserver package and python-zeroconf (``pip install
+    'modserver[discovery]'``).  The first call for a module looks around
+    for ``wait`` seconds and asks every server for its modules; the answer
+    is remembered until a server appears, leaves or fails to answer.  A
+    module offered by two servers is an error naming both, never a guess.
+    """
+
+    def __init__(self, wait: float = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+        discovery = load_discovery()
+        self.timeout = timeout
+        self.wait = discovery.DEFAULT_WAIT if wait is None else wait
+        self._finder = discovery.Finder(self.wait, timeout)
+
+    def client(self, module: str) -> Client:
+        """A Client for the server that offers ``module``."""
+        listing = self._finder.locate(module)
+        return Client(listing.host, listing.server.port, self.timeout)
+
+    def com(self, module: str, funcname: str = "_help", *args, timeout: float = None):
+        """``Client.com`` on the server that offers ``module``."""
+        try:
+            return self.client(module).com(module, funcname, *args, timeout=timeout)
+        except (ConnectionFailed, ReplyTimeout):
+            self._finder.forget(module)  # it may have moved: look again next time
+            raise
+
+    def session(self, module: str, timeout: float = None) -> Session:
+        """A keep-alive Session with ``module`` on the server that offers it."""
+        return self.client(module).session(module, timeout)
+
+    def servers(self) -> list:
+        """Every server announced now, with its modules (``discovery.Listing``)."""
+        return self._finder.servers()
+
+    def close(self) -> None:
+        """Stop watching the network."""
+        self._finder.close()
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def load_discovery():
+    """modserver.discovery, once zeroconf is known to be there."""
+    try:
+        from modserver import discovery
+    except ImportError:  # this file copied on its own
+        raise ClientError(
+            "finding servers on the lab network needs the modserver package and "
+            "python-zeroconf: pip install 'modserver[discovery]'"
+        ) from None
+    discovery.load_zeroconf()
+    return discovery
+
+
 # The command line: modserver-client (or python client.py) --------------------------
 
 EXIT_SERVER_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+DISCOVER_WAIT = 2.0  # discovery.DEFAULT_WAIT, which this file alone cannot import
 
 
 def _argument(text: str):
@@ -497,6 +564,13 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("module")
     call.add_argument("function")
     call.add_argument("args", nargs="*", metavar="ARG")
+    discover = commands.add_parser(
+        "discover", help="list the servers announced on the lab network and their modules"
+    )
+    discover.add_argument(
+        "--wait", type=float, default=DISCOVER_WAIT, help="seconds to listen (%(default)s)"
+    )
+    parser.set_defaults(wait=DISCOVER_WAIT)
     return parser
 
 
@@ -512,10 +586,14 @@ def _run(lab: Client, options):
         return lab.reload(options.name)
     if command == "status":
         return lab.status(options.name)
+    if command == "discover":
+        return load_discovery().discover(options.wait, options.timeout)
     return lab.com(options.module, options.function, *map(_argument, options.args))
 
 
-def _show(command: str, response, as_json: bool) -> str:
+def _show(command: str, response, as_json: bool, wait: float = 0) -> str:
+    if command == "discover":
+        return load_discovery().format_listings(response, wait, as_json)
     if as_json:
         return json.dumps(response)
     if isinstance(response, str):
@@ -555,7 +633,7 @@ def main(argv=None) -> int:
     except ClientError as exc:
         sys.stderr.write("error: %s\n" % exc)
         return EXIT_UNREACHABLE
-    text = _show(options.command, response, options.json)
+    text = _show(options.command, response, options.json, options.wait)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 

@@ -13,6 +13,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 import modserver
 from modserver import logs
 from modserver.access import AccessPolicy, Identity
+from modserver.announce import Announcer, BoundPort
 from modserver.config import Config, ConfigError, read_config
 from modserver.errors import ReplyError
 from modserver.listeners import Listener
@@ -63,6 +64,10 @@ class ServerSettings:
     http: str | None = None  # endpoint of the status page
     http_hosts: tuple[str, ...] = ()  # names the status page answers to, besides IPs
     access: AccessPolicy = field(default_factory=AccessPolicy)
+    # DNS-SD announcement: True, False, or None for "when listening beyond
+    # loopback" (the command line's default).  Off here, so that a server
+    # built in code (the tests') stays off the lab network unless asked.
+    announce: bool | None = False
     workers: WorkerSettings = field(default_factory=WorkerSettings)
 
 
@@ -100,6 +105,8 @@ class ModServer(service.MultiService):
         if settings.http is not None:
             site = StatusSite(StatusPage(self, settings.http_hosts))
             self._listeners.append(Listener("status page", settings.http, site, reactor))
+        self.announcer = Announcer(self, reactor)
+        self.announcer.setServiceParent(self)
         self.log_tail = logs.LogTail()
         self._observers: list = []
         self._json_stream = None
@@ -172,6 +179,17 @@ class ModServer(service.MultiService):
             self._json_stream.close()
             self._json_stream = None
         return result
+
+    @property
+    def bound(self) -> list[BoundPort]:
+        """Where the server listens, once bound (for the announcement)."""
+        found = []
+        for listener in self._listeners:
+            address = listener.port.getHost() if listener.port is not None else None
+            host, number = getattr(address, "host", None), getattr(address, "port", None)
+            if isinstance(host, str) and isinstance(number, int):
+                found.append(BoundPort(listener.kind, listener.description, host, number))
+        return found
 
     def _listen(self) -> None:
         for listener in self._listeners:

@@ -9,7 +9,7 @@ from twisted.internet import endpoints
 from twisted.logger import LogLevel
 from twisted.python import usage
 
-from modserver import access, logs, platforms
+from modserver import access, discovery, logs, platforms
 from modserver.config import ConfigError, read_config
 from modserver.lifecycle import Backoff
 from modserver.service import ModServer, ServerSettings
@@ -202,6 +202,16 @@ class Options(usage.Options):
     def opt_http_host(self, name: str) -> None:
         self["http-host"].append(name)
 
+    # Announcing on the lab network (modserver.announce) ---------------------
+
+    def opt_announce(self) -> None:
+        """Announce on the lab network (DNS-SD, needs zeroconf); default beyond loopback."""
+        self["announce"] = True
+
+    def opt_no_announce(self) -> None:
+        """Do not announce this server on the lab network."""
+        self["announce"] = False
+
     def postOptions(self) -> None:
         if self["log-level"].lower() not in LOG_LEVELS:
             raise usage.UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
@@ -302,4 +312,20 @@ def makeService(options: Options, reactor=None) -> ModServer:
             platform=platform,
         ),
     )
+    settings.announce = announce_setting(options)
     return ModServer(config, settings, reactor, demo=demo)
+
+
+def announce_setting(options: Options) -> bool | None:
+    """--announce, --no-announce, or None (announce when listening beyond loopback);
+    an explicit --announce without zeroconf exits with what to install."""
+    setting = options.get("announce")
+    if setting:
+        try:
+            discovery.load_zeroconf()
+        except discovery.DiscoveryUnavailable:
+            raise SystemExit(
+                f"modserver: --announce needs python-zeroconf, which is not installed: "
+                f"{discovery.INSTALL_HINT}"
+            ) from None
+    return setting

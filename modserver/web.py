@@ -22,6 +22,7 @@ REFRESH_MS = 2000
 _STYLE = """
 body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
 h1 { font-size: 1.4em; margin: 0 0 .2em; }
+h2 { font-size: 1.1em; margin: 1.5em 0 .2em; }
 .facts { color: #555; margin: 0 0 1em; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: .35em .6em; border-bottom: 1px solid #ddd;
@@ -151,6 +152,46 @@ def render_live(status: dict) -> str:
         f'<p class="facts">{html.escape(" · ".join(facts))}</p>'
         + (f'<ul class="problems">{problems}</ul>' if problems else "")
         + f"<table><thead><tr>{head}</tr></thead><tbody>{render_rows(status)}</tbody></table>"
+        + render_lab(status.get("lab"))
+    )
+
+
+def render_lab(lab: dict | None) -> str:
+    """The other modservers announced on the lab network, linked to their status pages."""
+    if lab is None:
+        return ""
+    if lab["state"] == "announced":
+        said = f"This server is announced as \u201c{lab['instance']}\u201d."
+    elif lab["state"] == "announcing":
+        said = "This server is being announced."
+    else:
+        said = lab["reason"] or "This server is not announced."
+    rows = "".join(_peer_row(peer) for peer in lab["peers"])
+    if rows:
+        head = "".join(f"<th>{h}</th>" for h in ("server", "address", "TLS port", "version"))
+        table = f'<table class="peers"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+    elif lab["state"] == "announced":
+        table = '<p class="facts">No other modserver seen on the lab network.</p>'
+    else:
+        table = ""
+    return (
+        '<h2 id="lab">Other servers on the lab network</h2>'
+        f'<p class="facts">{html.escape(said)}</p>{table}'
+    )
+
+
+def _peer_row(peer: dict) -> str:
+    name = html.escape(peer["instance"])
+    page = peer.get("status_page")
+    if page:
+        name = f'<a href="{html.escape(page)}">{name}</a>'
+    port = peer["port"] if peer["port"] is not None else peer["tls_port"]
+    where = ", ".join(f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in peer["addresses"])
+    return (
+        f'<tr data-peer="{html.escape(peer["instance"])}"><td class="name">{name}</td>'
+        f'<td class="address">{html.escape(where)}</td>'
+        f'<td class="num">{peer["tls_port"] or ""}</td>'
+        f"<td>{html.escape(peer['version'])}</td></tr>"
     )
 
 
@@ -255,6 +296,7 @@ class StatusPage(resource.Resource):
             request.setResponseCode(404)
             return b"not found"
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        status["lab"] = self.server.announcer.snapshot()  # the page's own panel
         if request.args.get(b"part") == [b"live"]:
             return render_live(status).encode()
         return render_page(status).encode()

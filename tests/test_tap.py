@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from twisted.python import usage
 
@@ -104,3 +106,28 @@ def test_the_platform_layer_comes_from_the_environment(tmp_path, monkeypatch):
     message = str(caught.value)
     assert message.startswith("modserver: MODSERVER_PLATFORM=solaris is not known")
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "argv, setting",
+    [((), None), (("--announce",), True), (("--no-announce",), False)],
+)
+def test_announce_is_on_off_or_decided_by_the_listeners(tmp_path, argv, setting):
+    config = tmp_path / "lab.config"
+    config.write_text("{}")
+    service = tap.makeService(options("--config", str(config), *argv), FakeReactor())
+    assert service.settings.announce is setting
+
+
+def test_announce_without_zeroconf_exits_saying_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "zeroconf", None)  # import zeroconf now fails
+    config = tmp_path / "lab.config"
+    config.write_text("{}")
+    with pytest.raises(SystemExit) as caught:
+        tap.makeService(options("--config", str(config), "--announce"), FakeReactor())
+    assert str(caught.value) == (
+        "modserver: --announce needs python-zeroconf, which is not installed: "
+        "pip install 'modserver[discovery]' (or pip install zeroconf)"
+    )
+    no_announce = tap.makeService(options("--config", str(config)), FakeReactor())
+    assert no_announce.settings.announce is None  # the default carries on without it
