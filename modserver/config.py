@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -23,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from modserver.access import Rule, parse_rule
+from modserver.admission import DEFAULT_QUEUE_WAIT
 from modserver.watcher import content_digest
 
 DEFAULT_QUEUE_LIMIT = 100
@@ -36,12 +38,14 @@ _OPTIONS = (
     "env",
     "timeout",
     "queue_limit",
+    "queue_share",
+    "queue_wait",
     "watch",
     "allow",
 )
 
 # Options whose change applies at once; a change to any other restarts the worker.
-LIVE_FIELDS = ("allow",)
+LIVE_FIELDS = ("allow", "queue_share", "queue_wait")
 
 
 class ConfigError(Exception):
@@ -65,6 +69,8 @@ class ModuleSpec:
     env: tuple[tuple[str, str], ...] = ()
     timeout: float | None = None
     queue_limit: int = DEFAULT_QUEUE_LIMIT
+    queue_share: int | None = None  # per client; None: all but a quarter of queue_limit
+    queue_wait: float = DEFAULT_QUEUE_WAIT  # seconds a request may wait for its turn
     watch: tuple[str, ...] = ()
     allow: tuple[Rule, ...] | None = None  # who may open it (None: whoever the server admits)
 
@@ -187,6 +193,8 @@ def _object_entry(name, value, base_dir, python, which) -> ModuleSpec:
         env=_env(value.get("env")),
         timeout=_timeout(value.get("timeout")),
         queue_limit=_queue_limit(value.get("queue_limit", DEFAULT_QUEUE_LIMIT)),
+        queue_share=_queue_share(value.get("queue_share")),
+        queue_wait=_queue_wait(value.get("queue_wait", DEFAULT_QUEUE_WAIT)),
         watch=_watch(value.get("watch"), base_dir),
         allow=_allow(value.get("allow")),
     )
@@ -237,7 +245,12 @@ def _env(value) -> tuple[tuple[str, str], ...]:
 def _timeout(value) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise _BadEntry(f'"timeout" must be a positive number of seconds or null, not {value!r}')
     return float(value)
 
@@ -246,6 +259,25 @@ def _queue_limit(value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise _BadEntry(f'"queue_limit" must be a whole number >= 0, not {value!r}')
     return value
+
+
+def _queue_share(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _BadEntry(f'"queue_share" must be a whole number >= 1 or null, not {value!r}')
+    return value
+
+
+def _queue_wait(value) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise _BadEntry(f'"queue_wait" must be a positive number of seconds, not {value!r}')
+    return float(value)
 
 
 def _watch(value, base_dir) -> tuple[str, ...]:

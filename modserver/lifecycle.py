@@ -40,25 +40,51 @@ def check_transition(old: State, new: State) -> None:
 
 
 @dataclass
-class Backoff:
-    """Delays before restarting a worker that died unexpectedly.
+class RestartPolicy:
+    """How long to wait before restarting a worker that died unexpectedly.
 
-    The first restart is immediate; each further death in a row doubles the
-    delay from ``initial`` up to ``cap``.  A worker that stayed up for
-    ``stable`` seconds starts the sequence over.  It never gives up: a lab
-    module whose instrument was unplugged comes back when it is plugged in.
+    It tells two kinds of death apart:
+
+    - a **crash loop**: the worker died while loading, or within ``settle``
+      seconds of becoming ready, or before it answered any call.  These
+      restarts back off: at once, then 1, 2, 4 ... s up to ``cap``.
+    - a worker that **served and then died** (it answered calls for at least
+      ``settle`` seconds; a driver crashed on one call, someone killed it):
+      restarted at once, up to ``burst`` times in ``window`` seconds.  Past
+      that it backs off like a crash loop (at least ``initial``), so a module
+      that dies on every call still slows down.
+
+    A worker that stayed up ``stable`` seconds starts the sequence over.
+    It never gives up: a module whose instrument was unplugged comes back
+    once it is plugged in again.
     """
 
     initial: float = 1.0
     cap: float = 30.0
     stable: float = 10.0
-    deaths: int = 0
+    settle: float = 1.0
+    burst: int = 10
+    window: float = 60.0
+    crashes: int = 0  # deaths in a row since the worker last stayed up ``stable`` s
 
-    def next_delay(self, uptime: float) -> float:
-        """Record a death after ``uptime`` seconds; return the delay to wait."""
-        if uptime >= self.stable:
-            self.deaths = 0
-        self.deaths += 1
-        if self.deaths == 1:
+    def __post_init__(self) -> None:
+        self._ladder = 0  # crash-loop deaths in a row: the backoff step
+        self._quick: list[float] = []  # when served workers were restarted at once
+
+    def next_delay(self, now: float, uptime: float | None, served: bool) -> float:
+        """Record a death at ``now``; return the seconds to wait before restarting.
+
+        ``uptime``: seconds since the worker became ready (None: it died
+        loading); ``served``: it answered at least one call.
+        """
+        if uptime is not None and uptime >= self.stable:
+            self.crashes = self._ladder = 0
+        self.crashes += 1
+        self._quick = [t for t in self._quick if now - t < self.window]
+        settled = served and uptime is not None and uptime >= self.settle
+        if settled and len(self._quick) < self.burst:
+            self._quick.append(now)
             return 0.0
-        return min(self.cap, self.initial * 2 ** (self.deaths - 2))
+        self._ladder += 1
+        delay = 0.0 if self._ladder == 1 else self.initial * 2 ** (self._ladder - 2)
+        return min(self.cap, max(delay, self.initial) if settled else delay)

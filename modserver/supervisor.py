@@ -9,6 +9,7 @@ it with a fake.
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import os
 from collections.abc import Callable
@@ -18,9 +19,10 @@ from twisted.internet import defer
 from twisted.logger import LogLevel
 
 from modserver import channel, logs, platforms, wire
+from modserver.admission import QueueRules, WaitingLine, backoff_refusal
 from modserver.config import ModuleSpec
 from modserver.errors import ReplyError
-from modserver.lifecycle import Backoff, State, check_transition
+from modserver.lifecycle import RestartPolicy, State, check_transition
 from modserver.process import WorkerProcess
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
@@ -32,6 +34,10 @@ OUTPUT_TAIL_LINE = 500
 
 # Replies longer than this are flow-controlled: a slow client pauses the worker.
 STREAMED_REPLY = 1024 * 1024
+
+# Spawn errors that pass (no descriptors, memory or processes to spare just
+# now): the worker is retried with backoff instead of being marked failed.
+TRANSIENT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN}
 
 # An error reply is read (to name its type in the access log) up to this size.
 ERROR_PEEK = 64 * 1024
@@ -46,7 +52,7 @@ class WorkerSettings:
     log_level: int = 20  # stdlib logging level for module code
     stop_grace: float = 5.0  # STOP -> SIGTERM (or, without SIGTERM, the kill)
     kill_grace: float = 2.0  # SIGTERM -> SIGKILL
-    backoff: Callable[[], Backoff] = Backoff
+    restart_policy: Callable[[], RestartPolicy] = RestartPolicy
     script: str = WORKER_SCRIPT
     platform: platforms.Platform = field(default_factory=platforms.current)
     # Signals a worker with what it started; None: the platform's own.
@@ -84,6 +90,7 @@ class Call:
     keep_alive: bool = False
     plain: bool = False
     client_ip: str = ""
+    client: str = ""  # who the client is (address, and certificate CN), for queue shares
     timeout: float | None = None
     admin: bool = False  # may its timeout end the worker (else it ends only the wait)
     meta: bytes = b""  # the worker's line about the call (who asked), made once per client
@@ -92,15 +99,27 @@ class Call:
     started: float | None = None
     answered: bool = False
     abandoned: bool = False  # answered with Timeout while the worker goes on with it
+    release: Callable[[], None] | None = None  # gives back the request's bytes, once
+
+    def sent(self) -> None:
+        """The request left the server (to the worker) or was dropped: free its bytes."""
+        release, self.release = self.release, None
+        if release is not None:
+            release()
 
     def fail(self, err: ReplyError) -> None:
         """Answer with an error reply (unless a reply has begun already)."""
+        self.sent()
         if self.answered:
             return
         self.answered = True
         self.sink.reply_started(True)
         self.sink.reply_data(err.line(self.plain))
         self.sink.reply_finished(True)
+
+
+def _queue_rules(spec: ModuleSpec) -> QueueRules:
+    return QueueRules(limit=spec.queue_limit, share=spec.queue_share, wait=spec.queue_wait)
 
 
 def call_deadlines(call: Call, module_timeout: float | None) -> tuple[float | None, float | None]:
@@ -136,6 +155,7 @@ class ModuleSupervisor:
     """
 
     def __init__(self, spec: ModuleSpec, settings: WorkerSettings, reactor) -> None:
+        self._line = WaitingLine(spec.name, _queue_rules(spec))
         self.spec = spec
         self.settings = settings
         self.reactor = reactor
@@ -152,7 +172,6 @@ class ModuleSupervisor:
         self.last_exit: str | None = None
         self.output_tail: collections.deque[bytes] = collections.deque(maxlen=OUTPUT_TAIL)
         self._process: WorkerProcess | None = None
-        self._queue: collections.deque[Call] = collections.deque()
         self._current: Call | None = None
         self._holder: CallSink | None = None
         self._pending: str | None = None  # "restart" or "stop", once idle / gone
@@ -160,9 +179,10 @@ class ModuleSupervisor:
         self._ready_waiters: list[defer.Deferred] = []
         self._stopped_waiters: list[defer.Deferred] = []
         self._timers: dict[str, object] = {}
-        self._backoff = settings.backoff()
-        self._spawned_at: float | None = None
+        self._policy = settings.restart_policy()
         self._ready_at: float | None = None
+        self._served = 0  # calls the current worker answered
+        self._death: str = ""  # how the last worker died, and its last output
         self._request_ids = 0
         self._reply_target: Call | None = None
         self._reply_error = False
@@ -171,6 +191,16 @@ class ModuleSupervisor:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def spec(self) -> ModuleSpec:
+        return self._spec
+
+    @spec.setter
+    def spec(self, spec: ModuleSpec) -> None:
+        """A new config entry; its queue rules apply at once."""
+        self._spec = spec
+        self._line.rules = _queue_rules(spec)
 
     @property
     def pid(self) -> int | None:
@@ -236,9 +266,7 @@ class ModuleSupervisor:
         self._stop_reason = reason
         self._holder = None
         self._cancel_timer("backoff")
-        queued, self._queue = list(self._queue), collections.deque()
-        for call in queued:
-            self._fail_call(call, reason)
+        self._fail_waiting(reason)
         self._fail_ready_waiters(reason)
         waiter = defer.Deferred()
         if self._process is None:
@@ -262,21 +290,16 @@ class ModuleSupervisor:
             self._fail_call(call, refusal)
             return
         if call.sink is self._holder:
-            self._queue.appendleft(call)
+            self._line.add(call, first=True)
         elif self._can_run_now(call):
-            self._queue.append(call)
-        elif len(self._queue) >= self.spec.queue_limit:
-            self._fail_call(
-                call,
-                ReplyError(
-                    "Busy",
-                    f"{self.name} already has {len(self._queue)} requests waiting "
-                    f"(queue limit {self.spec.queue_limit}); try again later",
-                ),
-            )
-            return
+            self._line.add(call)
         else:
-            self._queue.append(call)
+            refusal = self._line.refusal(call.client)
+            if refusal is not None:
+                self._fail_call(call, refusal)
+                return
+            self._line.add(call)
+            self._watch_queue()
         self._advance()
 
     def _can_run_now(self, call: Call) -> bool:
@@ -284,21 +307,37 @@ class ModuleSupervisor:
         return (
             self.state is State.READY
             and self._pending is None
-            and not self._queue
+            and not self._line
             and self._holder in (None, call.sink)
         )
 
     def hello_error(self) -> ReplyError | None:
-        """Why a client cannot use the module now, or None to acknowledge it."""
-        if self.state in (State.FAILED, State.BACKOFF) and self._pending is None:
+        """Why a client cannot use the module now, or None to acknowledge it.
+
+        A module that cannot load says why; one restarting after crashes
+        answers at once unless its next start is due within the hold time.
+        """
+        if self._pending is not None:
+            return None
+        if self.state is State.FAILED:
             return self.load_error
+        if self.state is State.BACKOFF and self.load_error is not None:
+            return self.load_error  # it dies while loading: say so, with its output
+        if self.state is State.BACKOFF:
+            return backoff_refusal(
+                self.name, self._policy.crashes, self._next_start_in(), self._death
+            )
         return None
+
+    def _next_start_in(self) -> float:
+        timer = self._timers.get("backoff")
+        return max(0.0, timer.getTime() - self.reactor.seconds()) if timer is not None else 0.0
 
     def release(self, sink: CallSink) -> None:
         """The client ``sink`` is gone: drop its waiting calls and its hold."""
-        for call in [c for c in self._queue if c.sink is sink]:
+        for call in self._line.remove(lambda c: c.sink is sink):
+            call.sent()
             self._log_access(call, "dropped (the client left)")
-        self._queue = collections.deque(c for c in self._queue if c.sink is not sink)
         if self._holder is sink:
             self._holder = None
             self._advance()
@@ -325,7 +364,10 @@ class ModuleSupervisor:
                 if self.load_error is not None
                 else None
             ),
-            "queue": len(self._queue),
+            "queue": len(self._line),
+            "queue_limit": self._line.rules.limit,
+            "queue_share": self._line.rules.client_share,
+            "queue_wait": self._line.rules.wait,
             "calls_served": self.calls_served,
             "current_call": current,
             "held_by_session": self._holder is not None,
@@ -379,6 +421,7 @@ class ModuleSupervisor:
             return
         self._current = None
         self.calls_served += 1
+        self._served += 1
         outcome = self._error_type(call) if self._reply_error else "ok"
         if call.abandoned:
             outcome += ", after its client's timeout"
@@ -459,11 +502,11 @@ class ModuleSupervisor:
         self._cancel_timer("kill")
         self._cancel_timer("call")
         self._cancel_timer("give_up")
+        uptime = self.reactor.seconds() - self._ready_at if self._ready_at is not None else None
         self._ready_at = None
         self._kill_leftovers(proc)
         self._fail_current(description)
         self._holder = None
-        uptime = self.reactor.seconds() - (self._spawned_at or self.reactor.seconds())
         if self.state is State.STOPPING:
             self._after_stop()
         elif self.state is State.FAILED:
@@ -472,6 +515,30 @@ class ModuleSupervisor:
                 self._spawn()
         else:
             self._died(description, uptime)
+
+    # Waiting calls --------------------------------------------------------
+
+    def _watch_queue(self) -> None:
+        """Have a timer answer calls that wait longer than the queue wait limit."""
+        timer = self._timers.get("queue")
+        if timer is not None and timer.active():
+            return
+        deadline = self._line.next_deadline()
+        if deadline is not None:
+            delay = max(0.0, deadline - self.reactor.seconds())
+            self._timers["queue"] = self.reactor.callLater(delay, self._queue_overdue)
+
+    def _queue_overdue(self) -> None:
+        del self._timers["queue"]
+        now = self.reactor.seconds()
+        for call in self._line.overdue(now):
+            self._fail_call(call, self._line.overdue_error(call, now))
+        self._watch_queue()
+
+    def _fail_waiting(self, err: ReplyError) -> None:
+        """Answer every waiting call with ``err``."""
+        for call in self._line.take_all():
+            self._fail_call(call, err)
 
     # Internals ----------------------------------------------------------
 
@@ -504,9 +571,16 @@ class ModuleSupervisor:
             env.update(dict(spec.env))
         proc = WorkerProcess(self)
         args = [spec.python, "-u", self.settings.script, spec.name]
-        self._spawned_at = self.reactor.seconds()
         try:
             self.settings.platform.spawn(self.reactor, proc, spec.python, args, env, spec.cwd)
+        except OSError as exc:
+            if exc.errno in TRANSIENT_ERRNOS:
+                self._spawn_failed_for_now(exc)
+            else:
+                self._load_failed(
+                    ReplyError("LoadError", f"{self.name}: cannot start {spec.python}: {exc}")
+                )
+            return
         except Exception as exc:
             self._load_failed(
                 ReplyError("LoadError", f"{self.name}: cannot start {spec.python}: {exc}")
@@ -528,6 +602,28 @@ class ModuleSupervisor:
                 },
             )
         )
+
+    def _spawn_failed_for_now(self, exc: OSError) -> None:
+        """No worker could be started for want of something that comes back
+        (descriptors, memory, processes): retry with backoff, never give up."""
+        self.restarts += 1
+        delay = self._policy.next_delay(self.reactor.seconds(), None, False)
+        delay = max(delay, self._policy.initial)
+        self.log.error(
+            "cannot start a worker now ({reason}); retrying in {delay:g} s",
+            module=self.name,
+            reason=exc,
+            delay=delay,
+        )
+        self.load_error = ReplyError(
+            "Unavailable",
+            f"{self.name} cannot start its worker now ({exc.strerror or exc}); "
+            f"retrying in {delay:g} s",
+        )
+        self._set_state(State.BACKOFF)
+        self._fail_waiting(self.load_error)
+        self._fail_ready_waiters(self.load_error)
+        self._restart_in(delay)
 
     def _worker_ready(self, info: dict) -> None:
         if self.state is not State.STARTING:
@@ -569,9 +665,7 @@ class ModuleSupervisor:
             reason=err.reason,
             traceback=err.traceback,
         )
-        queued, self._queue = list(self._queue), collections.deque()
-        for call in queued:
-            self._fail_call(call, err)
+        self._fail_waiting(err)
         self._fail_ready_waiters(err)
 
     def _module_log(self, info: dict) -> None:
@@ -602,11 +696,9 @@ class ModuleSupervisor:
             self._dispatch(call)
 
     def _next_call(self) -> Call | None:
-        if not self._queue:
-            return None
-        if self._holder is not None and self._queue[0].sink is not self._holder:
-            return None
-        return self._queue.popleft()
+        if self._holder is None:
+            return self._line.next_call()
+        return self._line.next_call(lambda call: call.sink is self._holder)
 
     def _dispatch(self, call: Call) -> None:
         self._request_ids = (self._request_ids + 1) & 0xFFFFFFFF
@@ -618,6 +710,7 @@ class ModuleSupervisor:
         flags = channel.PLAIN if call.plain else 0
         head = channel.header(channel.CALL, len(meta) + len(call.request), flags, call.request_id)
         self._process.send(head, meta, call.request)
+        call.sent()
         kill_after, give_up_after = call_deadlines(call, self.spec.timeout)
         if kill_after is not None:
             self._timers["call"] = self.reactor.callLater(
@@ -726,9 +819,17 @@ class ModuleSupervisor:
         for waiter in waiters:
             waiter.callback(None)
 
-    def _died(self, description: str, uptime: float) -> None:
+    def _died(self, description: str, uptime: float | None) -> None:
+        """The worker died unexpectedly: restart it as the restart policy says.
+
+        Waiting calls are answered at once unless the next start is due
+        within the hold time; a module that dies while loading answers them
+        (and hellos) with how it died, while it keeps being retried.
+        """
         self.restarts += 1
-        delay = self._backoff.next_delay(uptime)
+        loading = self.state is State.STARTING
+        served, self._served = self._served, 0
+        delay = self._policy.next_delay(self.reactor.seconds(), uptime, served > 0)
         when = "now" if delay == 0 else f"in {delay:g} s"
         self.log.error(
             "worker died unexpectedly ({how}); restarting {when}",
@@ -736,20 +837,24 @@ class ModuleSupervisor:
             how=description,
             when=when,
         )
-        if self.state is State.STARTING:
-            # It cannot even load: answer everyone now rather than keep them
-            # waiting through the backoff; it keeps being retried meanwhile.
+        self._death = f"The last worker ended: {description}.\n{self._tail_text()}"
+        self._set_state(State.BACKOFF)
+        if loading:
             err = ReplyError(
                 "WorkerDied",
                 f"the worker of {self.name} died while loading ({description}); retrying {when}",
                 self._tail_text(),
             )
             self.load_error = err
-            queued, self._queue = list(self._queue), collections.deque()
-            for call in queued:
-                self._fail_call(call, err)
+            self._fail_waiting(err)
             self._fail_ready_waiters(err)
-        self._set_state(State.BACKOFF)
+        else:
+            refusal = backoff_refusal(self.name, self._policy.crashes, delay, self._death)
+            if refusal is not None:
+                self._fail_waiting(refusal)
+        self._restart_in(delay)
+
+    def _restart_in(self, delay: float) -> None:
         if delay == 0:
             self._spawn()
         else:

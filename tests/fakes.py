@@ -154,7 +154,13 @@ def make_supervisor(**spec_options) -> tuple[ModuleSupervisor, FakeReactor, Grou
 
 
 def make_call(
-    sink=None, function="read", keep_alive=False, timeout=None, args=(), admin=True
+    sink=None,
+    function="read",
+    keep_alive=False,
+    timeout=None,
+    args=(),
+    admin=True,
+    client="10.0.0.7",
 ) -> Call:
     request = json.dumps({"function": function, "args": list(args), "keep_alive": keep_alive})
     return Call(
@@ -164,6 +170,7 @@ def make_call(
         keep_alive=keep_alive,
         plain=True,
         client_ip="10.0.0.7",
+        client=client,
         timeout=timeout,
         admin=admin,
     )

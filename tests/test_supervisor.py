@@ -8,7 +8,7 @@ import pytest
 
 from modserver import channel
 from modserver.errors import ReplyError
-from modserver.lifecycle import Backoff, State, check_transition
+from modserver.lifecycle import State, check_transition
 from modserver.supervisor import LoadFailed
 from tests.fakes import RecordingSink, make_call, make_supervisor
 
@@ -87,9 +87,9 @@ def test_calls_run_one_at_a_time_in_arrival_order():
 
 def test_a_full_queue_answers_busy_at_once():
     supervisor, _, _ = ready_supervisor(queue_limit=2)
-    for _ in range(3):
-        supervisor.submit(make_call())
-    refused = make_call()
+    for client in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        supervisor.submit(make_call(client=client))
+    refused = make_call(client="10.0.0.4")
     supervisor.submit(refused)
     reply = refused.sink.reply()
     assert reply["error"] is True and reply["response"].startswith("Busy: laser already has 2")
@@ -292,12 +292,6 @@ def test_a_worker_that_stayed_up_starts_the_backoff_over():
     spawned = len(reactor.spawned)
     reactor.last.exits(code=1)
     assert len(reactor.spawned) == spawned + 1  # immediate again
-
-
-def test_backoff_sequence_unit():
-    backoff = Backoff(initial=1, cap=30, stable=10)
-    assert [backoff.next_delay(0.1) for _ in range(8)] == [0, 1, 2, 4, 8, 16, 30, 30]
-    assert backoff.next_delay(11) == 0
 
 
 def test_a_worker_is_gone_only_when_its_channel_closed_too():
