@@ -5,6 +5,10 @@ arrives at tens of MB/s; this one keeps the pieces of an unfinished line in
 a list and joins them once.  Lines can also be *held* (left unprocessed)
 while the connection keeps reading, so a client that hangs up while its
 request waits in a module's queue is noticed at once.
+
+A ``budget`` (admission.ByteBudget) shared by all connections bounds the
+bytes received and not yet delivered as lines; past it, ``budget_exceeded``
+is called instead of buffering more.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ class ChunkedLineReceiver(LineReceiver):
     """LineReceiver with a chunk-list buffer and a ``hold_lines`` switch.
 
     Subclasses implement ``lineReceived`` and may override
-    ``lineLengthExceeded``, which gets the start of the offending line.
+    ``lineLengthExceeded``, which gets the start of the offending line, and
+    ``budget_exceeded``.
     """
 
     delimiter = b"\n"
@@ -27,6 +32,8 @@ class ChunkedLineReceiver(LineReceiver):
     _holding = False
     _stopped = False
     _unfinished = False
+    budget = None  # an admission.ByteBudget, or None for no bound
+    _held = 0  # bytes taken from the budget: received, not yet delivered
 
     def connectionMade(self) -> None:
         """Set up the buffers; subclasses call this first."""
@@ -58,11 +65,27 @@ class ChunkedLineReceiver(LineReceiver):
         self._stopped = True
         self._unread.clear()
         self._partial = []
+        self._give_back(self._held)
+
+    def budget_exceeded(self) -> None:
+        """The shared budget cannot hold what arrived; the default drops the connection."""
+        self.transport.loseConnection()
+
+    def _give_back(self, size: int) -> None:
+        if self.budget is not None and size:
+            self._held -= size
+            self.budget.give_back(size)
 
     def dataReceived(self, data: bytes) -> None:
         """Called by the transport with bytes; splits and delivers lines."""
         if self._stopped:
             return
+        if data and self.budget is not None:
+            if not self.budget.take(len(data)):
+                self.stop_lines()
+                self.budget_exceeded()
+                return
+            self._held += len(data)
         if data:
             self._unfinished = not data.endswith(self.delimiter)
             self._unread.append(data)
@@ -99,6 +122,7 @@ class ChunkedLineReceiver(LineReceiver):
             if len(line) > self.MAX_LENGTH:
                 self._too_long(line)
                 return b""
+            self._give_back(len(line) + len(self.delimiter))
             self.lineReceived(line)
             if self._holding or self._stopped:
                 return chunk[start:]

@@ -15,6 +15,19 @@ from modserver import logs
 # Endpoint prefixes that serve TLS, and how the log names them.
 TLS_PREFIXES = {"ssl": "TLS", "tls": "TLS", "mtls": "mutual TLS"}
 
+# Twisted's TCP endpoints queue 50 connections not yet accepted; a burst of
+# clients beyond that waits a second or more for the kernel to retry.
+LISTEN_BACKLOG = 1024
+_BACKLOG_PREFIXES = ("tcp", "tcp6", "ssl", "tls")
+
+
+def with_backlog(description: str) -> str:
+    """``description`` with ``backlog=1024`` added to a TCP or TLS endpoint that sets none."""
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind not in _BACKLOG_PREFIXES or "backlog=" in description:
+        return description
+    return f"{description}:backlog={LISTEN_BACKLOG}"
+
 
 def security(description: str) -> str:
     """``"TLS"``, ``"mutual TLS"`` or ``""`` (plain TCP) for an endpoint string."""
@@ -40,7 +53,7 @@ class Listener:
 
     def start(self) -> None:
         """Listen; SystemExit with the reason if the endpoint cannot be had now."""
-        endpoint = endpoints.serverFromString(self.reactor, self.description)
+        endpoint = endpoints.serverFromString(self.reactor, with_backlog(self.description))
         failures = []
         self._listening = endpoint.listen(self.factory)
         self._listening.addCallbacks(self._listened, failures.append)

@@ -7,6 +7,7 @@ worker encoded is written back as it arrives.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,7 @@ from twisted.internet import interfaces, protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from modserver import wire
+from modserver import messages, wire
 from modserver.access import Identity
 from modserver.errors import ReplyError, bad_request
 from modserver.lines import ChunkedLineReceiver
@@ -26,6 +27,12 @@ if TYPE_CHECKING:
 RELOAD = "_reload_"
 GET_MODULES = "_get_modules"
 STATUS = "_status"
+
+# A plain-JSON client that closed its sending side may still read its reply
+# (``printf ... | nc -N``) or be gone.  While its request waits, a space (a
+# JSON reply may start with white space) is sent this often: to a client
+# that is gone, the second one fails, and the request is withdrawn.
+PROBE_INTERVAL = 0.5
 
 # A client the server refuses gets this long to send its first line (the
 # refusal is answered in that line's encoding), and a line this long at most.
@@ -55,6 +62,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self.server = server
         self.settings = server.settings
         self.MAX_LENGTH = self.settings.max_request
+        self.budget = server.request_bytes  # request bytes all connections may hold
         self._supervisor = None
         self._call: Call | None = None
         self._reply_error = False
@@ -70,6 +78,9 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._admitted = False  # by --allow (checked again at the first line if not)
         self._admin = False  # may this client's timeouts end a worker?
         self._handshake_done = False
+        self._seen_line = False
+        self.closed = None  # called once when the connection is gone (its limit slot)
+        self._probe = None  # the timer checking a half-closed plain client is still there
 
     # Connection ---------------------------------------------------------
 
@@ -109,9 +120,13 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._closing = True
         self.stop_lines()
         self._cancel_timer()
+        self._stop_watching_client()
         self._unregister_producer()
         if self._supervisor is not None:
             self._supervisor.release(self)
+        closed, self.closed = self.closed, None
+        if closed is not None:
+            closed()
         if not self._handshake_done and _tls_failure(reason):
             # Over mutual TLS, a client without an accepted certificate ends here.
             self.server.refused(
@@ -129,6 +144,27 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         if self.unfinished_line():
             self.dataReceived(self.delimiter)  # a last line without its newline
         self._close_if_done()
+        self._watch_client()
+
+    def _watch_client(self) -> None:
+        """While a half-closed plain client's request waits, check it is still there."""
+        call = self._call
+        if self._probe is not None or self._closing or call is None or call.started is not None:
+            return
+        self._probe = self.server.reactor.callLater(PROBE_INTERVAL, self._check_client)
+
+    def _check_client(self) -> None:
+        self._probe = None
+        call = self._call
+        if self._closing or call is None or call.started is not None or call.answered:
+            return
+        self.transport.write(b" ")  # the start of its reply line, or a reset if it is gone
+        self._watch_client()
+
+    def _stop_watching_client(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None and probe.active():
+            probe.cancel()
 
     def writeConnectionLost(self) -> None:
         """Replies can no longer be sent: close."""
@@ -140,6 +176,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             line = line[:-1]
         if not line or line.isspace():
             return
+        self._seen_line = True
         plain = self._plain = wire.is_plain(line)
         if not self._admitted and self._refusal is None:
             # Admitted only by a certificate, if at all: TLS is up by now.
@@ -150,10 +187,9 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             self._refuse(self._refusal, "server", plain)
             return
         try:
-            text = line if plain else wire.unquote_plus(line)
-            message = json.loads(text)
-        except ValueError as exc:
-            self._fail(bad_request(f"message is not valid JSON: {exc}"), plain)
+            message, text = messages.decode(line, plain)
+        except ReplyError as err:
+            self._fail(err, plain)
             return
         if self._supervisor is None:
             self._hello(message, plain)
@@ -171,24 +207,20 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         )
         self._fail(err, wire.is_plain(line))
 
+    def budget_exceeded(self) -> None:
+        """The server holds as many request bytes as it may: refuse this one."""
+        self._fail(self.budget.refusal(), self._plain and self._seen_line)
+
     # Step 1: hello --------------------------------------------------------
 
     def _hello(self, message, plain: bool) -> None:
-        if not isinstance(message, dict) or "name" not in message:
-            self._fail(
-                bad_request(
-                    'the hello must be a JSON object with a "name" key, like {"name": "_ping"}'
-                ),
-                plain,
-            )
+        try:
+            name = messages.hello_name(message)
+        except ReplyError as err:
+            self._fail(err, plain)
             return
-        name = message["name"]
         if name is None or name == "_ping":
             self._answer([self.client_ip, self.client_port], plain)
-        elif not isinstance(name, str):
-            self._fail(
-                bad_request(f'"name" must be a string or null, not {json.dumps(name)}'), plain
-            )
         elif name == "_help":
             self._answer(self.server.help_text(self.identity), plain)
         elif name == GET_MODULES or name.startswith(GET_MODULES + "."):
@@ -278,43 +310,43 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
     # Step 2: requests -------------------------------------------------------
 
     def _request(self, message, text, plain: bool) -> None:
-        if not isinstance(message, dict):
-            self._fail(
-                bad_request('a request must be a JSON object like {"function": "f", "args": []}'),
-                plain,
-            )
+        try:
+            request = messages.request(message)
+        except ReplyError as err:
+            self._fail(err, plain)
             return
-        if "function" not in message:
-            self._fail(bad_request('the request has no "function" field'), plain)
-            return
-        function = message["function"]
-        if function is None:
+        if request.function is None:
             self._close()  # the client says goodbye
             return
-        problem = _request_problem(message)
-        if problem:
-            self._fail(bad_request(problem), plain)
+        data = text if isinstance(text, bytes) else text.encode("utf-8")
+        if not self.budget.take(len(data)):
+            self._fail(self.budget.refusal(), plain)
             return
         self._busy()
         self.hold_lines()
         self._waiting = True
         self._call = Call(
             sink=self,
-            request=text if isinstance(text, bytes) else text.encode("utf-8"),
-            function=function,
-            keep_alive=message.get("keep_alive", False),
+            request=data,
+            function=request.function,
+            keep_alive=request.keep_alive,
             plain=plain,
             client_ip=self.client_ip,
-            timeout=message.get("timeout"),
+            client=str(self.identity),
+            timeout=request.timeout,
             admin=self._admin,
             meta=self._call_meta,
+            release=functools.partial(self.budget.give_back, len(data)),
         )
         self._supervisor.submit(self._call)
+        if self._eof:
+            self._watch_client()
 
     # CallSink: the module's reply -------------------------------------------
 
     def reply_started(self, error: bool, producer=None) -> None:
         """The worker's reply begins; a slow client pauses ``producer``."""
+        self._stop_watching_client()
         self._reply_error = error
         if producer is not None and not self._closing:
             self.transport.registerProducer(producer, True)
@@ -352,6 +384,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
     def _close(self) -> None:
         self.stop_lines()
         self._cancel_timer()
+        self._stop_watching_client()
         self._waiting = False
         if not self._closing:
             self._closing = True
@@ -429,31 +462,89 @@ def certificate_cn(certificate) -> str | None:
     return cn if cn else None
 
 
-def _request_problem(message: dict) -> str | None:
-    """What is wrong with a request's fields, or None."""
-    if not isinstance(message["function"], str):
-        return f'"function" must be a string or null, not {json.dumps(message["function"])}'
-    if not isinstance(message.get("args", []), list):
-        return '"args" must be a list of arguments'
-    if not isinstance(message.get("keep_alive", False), bool):
-        return '"keep_alive" must be true or false'
-    timeout = message.get("timeout")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
-        return '"timeout" must be a positive number of seconds'
-    return None
-
-
 class ClientFactory(protocol.ServerFactory):
-    """Builds a ClientProtocol for each connection to the server."""
+    """Builds a ClientProtocol for each connection the limits allow.
+
+    Past the limits (admission.ConnectionLimits), a connection gets one
+    ``Busy`` line and is closed; past those and a few more being refused,
+    it is closed at once: the descriptors kept for workers and logs are
+    never spent on clients.
+    """
 
     noisy = False
 
     def __init__(self, server: ModServer) -> None:
         self.server = server
+        self.refusing = 0
 
     def buildProtocol(self, addr):
-        proto = ClientProtocol(self.server)
+        limits = self.server.connections
+        where = peer_address(addr)
+        refusal = limits.refusal(where)
+        if refusal is None:
+            limits.opened(where)
+            proto = ClientProtocol(self.server)
+            proto.closed = functools.partial(limits.closed, where)
+        elif self.refusing < REFUSING_AT_ONCE:
+            self.server.refused(Identity.of(where), "connections", refusal.message)
+            proto = Refusal(refusal, self)
+        else:
+            return None  # closed at once, unanswered
         proto.factory = self
         return proto
+
+
+def peer_address(addr) -> str:
+    """The client's address as the access rules see it (IPv4 clients of :: as IPv4)."""
+    host = getattr(addr, "host", "")
+    address = Identity.of(host).address
+    return str(address) if address is not None else host
+
+
+# Connections being refused at once (each answered, then closed within
+# REFUSAL_LINGER); more are closed unanswered.
+REFUSING_AT_ONCE = 64
+REFUSAL_LINGER = 2.0
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class Refusal(protocol.Protocol):
+    """Answers one error line and closes.
+
+    It closes its sending side first and reads what the client still sends
+    until it closes too (or REFUSAL_LINGER passes): closing with unread data
+    would reset the connection, and the client could lose the answer.
+    """
+
+    def __init__(self, error: ReplyError, factory: ClientFactory) -> None:
+        self.error = error
+        self.factory = factory
+        self._timer = None
+
+    def connectionMade(self) -> None:
+        """Answer, URL-encoded (the client has said nothing yet), and stop sending."""
+        self.factory.refusing += 1
+        self.transport.write(self.error.line(plain=False))
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is None:
+            self.transport.loseConnection()
+            return
+        half_close()
+        reactor = self.factory.server.reactor
+        self._timer = reactor.callLater(REFUSAL_LINGER, self.transport.loseConnection)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Whatever the client sends is read and dropped."""
+
+    def readConnectionLost(self) -> None:
+        """The client is done too: close."""
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """Nothing more is sent anyway."""
+
+    def connectionLost(self, reason=protocol.connectionDone) -> None:
+        """Gone: one refusal less under way."""
+        self.factory.refusing -= 1
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()

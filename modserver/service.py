@@ -13,6 +13,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 import modserver
 from modserver import logs
 from modserver.access import AccessPolicy, Identity
+from modserver.admission import ByteBudget, ConnectionLimits, connection_limit
 from modserver.announce import Announcer, BoundPort
 from modserver.config import Config, ConfigError, read_config
 from modserver.errors import ReplyError
@@ -68,6 +69,12 @@ class ServerSettings:
     # loopback" (the command line's default).  Off here, so that a server
     # built in code (the tests') stays off the lab network unless asked.
     announce: bool | None = False
+    # Request bytes held in memory at once (lines being received, requests waiting).
+    max_held_requests: int = 256 * 1024 * 1024
+    max_connections: int | None = None  # None: from the file limit and the modules
+    max_connections_per_address: int = 100
+    fd_limit: int | None = None  # the open-file limit (None: none, as on Windows)
+    reload_on_sighup: bool = False  # SIGHUP re-reads the config and reopens the logs
     workers: WorkerSettings = field(default_factory=WorkerSettings)
 
 
@@ -95,6 +102,10 @@ class ModServer(service.MultiService):
         self._config_missing = False
         self.access = settings.access
         self.refusals = RefusalTally()
+        self.request_bytes = ByteBudget(settings.max_held_requests)
+        self.connections = ConnectionLimits(
+            self._connection_limit(len(config.modules)), settings.max_connections_per_address
+        )
         self.factory = ClientFactory(self)
         # Not child services: they must listen before anything else starts,
         # and exactly once under both twistd and twist (see _listen).
@@ -143,10 +154,36 @@ class ModServer(service.MultiService):
             allow=", ".join(map(str, self.access.allow)),
             admin=", ".join(map(str, self.access.admin)),
         )
+        self.log.info(
+            "Limits: {total} connections ({per_address} from one address), "
+            "{held} MiB of requests held in memory",
+            total=self.connections.total,
+            per_address=self.connections.per_address,
+            held=self.request_bytes.limit // (1024 * 1024),
+        )
+        if self.settings.reload_on_sighup:
+            self.settings.workers.platform.install_reload_handler(
+                lambda: self.reactor.callFromThread(self.reload_on_signal)
+            )
         if self.config.path is not None:
             self._watch.track(self.config.path, self.config.digest)
         self._apply(self.config)
         self._poller.start(self.settings.poll_interval, now=False)
+
+    def reload_on_signal(self) -> None:
+        """SIGHUP: re-read the config (as ``_reload_`` does) and reopen the log files."""
+        self.log.info("SIGHUP: re-reading the config and reopening the log files")
+        if self._json_stream is not None:
+            self._json_stream.reopen()
+        try:
+            self.reload_config()
+        except ReplyError:
+            pass  # reload_config logged why; the running modules are unchanged
+
+    def _connection_limit(self, modules: int) -> int:
+        if self.settings.max_connections is not None:
+            return self.settings.max_connections
+        return connection_limit(self.settings.fd_limit, modules)
 
     def stopService(self) -> defer.Deferred:
         """Stop listening, then stop every worker (each gets its ``__exit__``)."""
@@ -324,6 +361,8 @@ class ModServer(service.MultiService):
 
     def _apply(self, config: Config) -> None:
         """Start added modules, restart changed ones, stop removed ones."""
+        # More workers need more descriptors: fewer are left for connections.
+        self.connections.total = self._connection_limit(len(config.modules))
         for problem in config.problems:
             self.log.warn("{problem}", problem=problem)
         old, new = self.supervisors, {}

@@ -11,7 +11,7 @@ from twisted.python import usage
 
 from modserver import access, discovery, logs, platforms
 from modserver.config import ConfigError, read_config
-from modserver.lifecycle import Backoff
+from modserver.lifecycle import RestartPolicy
 from modserver.service import ModServer, ServerSettings
 from modserver.supervisor import WorkerSettings
 
@@ -50,6 +50,13 @@ def size(text: str) -> int:
 
 
 size.coerceDoc = "A byte count; K, M and G suffixes allowed."
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return value
 
 
 def seconds(text: str) -> float:
@@ -114,6 +121,29 @@ class Options(usage.Options):
         ],
         ["max-request", None, 64 * 1024**2, "Longest request line accepted.", size],
         ["max-reply", None, 1024**3, "Longest reply line a module may send.", size],
+        [
+            "max-held-requests",
+            None,
+            256 * 1024**2,
+            "Request bytes held in memory at once (lines being received and requests "
+            "waiting); more get Busy.",
+            size,
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            "Connections open at once; more get Busy (default: from the open-file limit, "
+            "keeping descriptors for workers and logs, at most 10000).",
+            positive_int,
+        ],
+        [
+            "max-connections-per-address",
+            None,
+            100,
+            "Connections open at once from one address; more get Busy.",
+            positive_int,
+        ],
         [
             "json-log",
             None,
@@ -274,6 +304,7 @@ def makeService(options: Options, reactor=None) -> ModServer:
         except Exception as exc:
             raise SystemExit(f"modserver: bad --listen endpoint {description!r}: {exc}") from None
     platform = _platform()
+    fd_limit = platform.raise_fd_limit()
     log_level = LOG_LEVELS[options["log-level"].lower()]
     http = options["http"]
     if http is not None and http.isdigit():
@@ -296,6 +327,11 @@ def makeService(options: Options, reactor=None) -> ModServer:
         json_log_count=options["json-log-count"],
         http=http,
         http_hosts=tuple(options["http-host"]),
+        max_held_requests=options["max-held-requests"],
+        max_connections=options["max-connections"],
+        max_connections_per_address=options["max-connections-per-address"],
+        fd_limit=fd_limit,
+        reload_on_sighup=True,
         access=access.AccessPolicy(
             allow=options["allow-rules"],
             admin=options["admin-rules"],
@@ -308,7 +344,7 @@ def makeService(options: Options, reactor=None) -> ModServer:
             log_level=STDLIB_LEVELS[log_level],
             access_log=not options["no-access-log"],
             stop_grace=options["stop-grace"],
-            backoff=functools.partial(Backoff, cap=options["backoff-cap"]),
+            restart_policy=functools.partial(RestartPolicy, cap=options["backoff-cap"]),
             platform=platform,
         ),
     )

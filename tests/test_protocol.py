@@ -10,6 +10,7 @@ from twisted.internet import address, defer, task
 from twisted.internet.testing import StringTransport
 
 from modserver.access import AccessPolicy, parse_rules
+from modserver.admission import ByteBudget, ConnectionLimits
 from modserver.errors import ReplyError
 from modserver.lifecycle import State
 from modserver.protocol import ClientProtocol
@@ -50,6 +51,8 @@ class FakeServer:
             name: parse_rules(rules) for name, rules in (module_rules or {}).items()
         }
         self.refusals = []
+        self.request_bytes = ByteBudget(ServerSettings().max_held_requests)
+        self.connections = ConnectionLimits(total=100, per_address=10)
 
     def module(self, name):
         return self.modules.get(name)
