@@ -32,6 +32,11 @@ WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker
 OUTPUT_TAIL = 60
 OUTPUT_TAIL_LINE = 500
 
+# Replies up to this long are collected before they go to the client, so that
+# a worker dying in the middle of one is answered with WorkerDied instead of
+# a cut line; longer ones are passed on as they come.
+ATOMIC_REPLY = 64 * 1024
+
 # Replies longer than this are flow-controlled: a slow client pauses the worker.
 STREAMED_REPLY = 1024 * 1024
 
@@ -185,6 +190,7 @@ class ModuleSupervisor:
         self._death: str = ""  # how the last worker died, and its last output
         self._request_ids = 0
         self._reply_target: Call | None = None
+        self._whole_reply: list[bytes] | None = None  # a short reply, until it is whole
         self._reply_error = False
         self._error_peek: list[bytes] | None = None
 
@@ -401,10 +407,14 @@ class ModuleSupervisor:
             return
         self._cancel_timer("call")
         self._cancel_timer("give_up")
-        call.answered = True
         self._reply_target = call
         self._reply_error = bool(flags & channel.ERROR)
         self._error_peek = [] if self._reply_error and self.access is not None else None
+        if length <= ATOMIC_REPLY:
+            self._whole_reply = []
+            return
+        self._whole_reply = None
+        call.answered = True
         # Only a long reply can outrun its client; a short one fits the buffers.
         producer = proc if length > STREAMED_REPLY else None
         self._to_sink(call, "reply_started", self._reply_error, producer)
@@ -413,12 +423,20 @@ class ModuleSupervisor:
         if proc is self._process and self._reply_target is not None:
             if self._error_peek is not None and sum(map(len, self._error_peek)) < ERROR_PEEK:
                 self._error_peek.append(data)
-            self._to_sink(self._reply_target, "reply_data", data)
+            if self._whole_reply is not None:
+                self._whole_reply.append(data)
+            else:
+                self._to_sink(self._reply_target, "reply_data", data)
 
     def worker_reply_ended(self, proc: WorkerProcess) -> None:
         call, self._reply_target = self._reply_target, None
         if proc is not self._process or call is None:
             return
+        whole, self._whole_reply = self._whole_reply, None
+        if whole is not None:
+            call.answered = True
+            self._to_sink(call, "reply_started", self._reply_error, None)
+            self._to_sink(call, "reply_data", b"".join(whole))
         self._current = None
         self.calls_served += 1
         self._served += 1
@@ -867,6 +885,7 @@ class ModuleSupervisor:
     def _fail_current(self, description: str) -> None:
         call, self._current = self._current, None
         self._reply_target = None
+        self._whole_reply = None
         if call is None:
             return
         if call.answered:

@@ -480,7 +480,21 @@ def test_a_reply_that_started_is_not_timed_out():
     header = channel.header(channel.REPLY, 100, 0, 1)
     reactor.last.protocol.childDataReceived(1, header + b"x" * 10)
     reactor.advance(5)
-    assert signals.sent == [] and ("started", False) in call.sink.events
+    assert signals.sent == [] and call.sink.events == []  # short: passed on once whole
+    reactor.last.protocol.childDataReceived(1, b"x" * 90)
+    assert call.sink.events == [("started", False), ("data", b"x" * 100), ("finished", True)]
+
+
+def test_a_worker_dying_in_the_middle_of_a_short_reply_is_answered_not_cut():
+    supervisor, reactor, _ = ready_supervisor()
+    call = make_call(function="measure")
+    supervisor.submit(call)
+    header = channel.header(channel.REPLY, 5000, 0, 1)
+    reactor.last.protocol.childDataReceived(1, header + b"x" * 4096)
+    reactor.last.exits(code=None, signal=9)
+    assert call.sink.reply()["response"].startswith(
+        "WorkerDied: the worker of laser died during measure()"
+    )
 
 
 # Lifecycle rules -----------------------------------------------------------------------
