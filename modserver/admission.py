@@ -185,10 +185,13 @@ class ByteBudget:
     def refusal(self) -> ReplyError:
         return ReplyError(
             "Busy",
-            f"the server already holds {self.held / MIB:.0f} MiB of requests in memory "
-            f"(its budget is {self.limit / MIB:.0f} MiB, --max-held-requests); "
-            "try again later",
+            f"the server already holds {_size(self.held)} of requests in memory "
+            f"(its budget is {_size(self.limit)}, --max-held-requests); try again later",
         )
+
+
+def _size(count: int) -> str:
+    return f"{count / MIB:.0f} MiB" if count >= MIB else f"{count / 1024:.0f} KiB"
 
 
 class ConnectionLimits:
@@ -230,10 +233,13 @@ class ConnectionLimits:
         return self._by_address[address]
 
 
-# Descriptors kept free for what is not a client connection: the listening
-# sockets, log files, the config and module files being read, and a spawn's
-# pipes (six ends while a worker starts, three kept per worker).
-FD_RESERVE_BASE = 64
+# Descriptors kept free for what is not a client connection: the server's
+# own (standard streams, the reactor, listening sockets, log files, the
+# config and module files being read), connections being refused (each
+# answered, then closed), and each worker's pipes (three kept, six more
+# while one starts).
+FD_RESERVE_BASE = 32
+REFUSING_AT_ONCE = 32
 FD_RESERVE_PER_MODULE = 8
 MAX_CONNECTIONS_CEILING = 10000
 
@@ -242,5 +248,5 @@ def connection_limit(fd_limit: int | None, modules: int) -> int:
     """The default --max-connections for a file limit and a number of modules."""
     if fd_limit is None:  # Windows: no per-process descriptor limit to respect
         return MAX_CONNECTIONS_CEILING
-    reserve = FD_RESERVE_BASE + FD_RESERVE_PER_MODULE * modules
+    reserve = FD_RESERVE_BASE + REFUSING_AT_ONCE + FD_RESERVE_PER_MODULE * modules
     return max(8, min(MAX_CONNECTIONS_CEILING, fd_limit - reserve))

@@ -33,6 +33,7 @@ class ChunkedLineReceiver(LineReceiver):
     _stopped = False
     _unfinished = False
     budget = None  # an admission.ByteBudget, or None for no bound
+    _discarding = False
     _held = 0  # bytes taken from the budget: received, not yet delivered
 
     def connectionMade(self) -> None:
@@ -67,8 +68,25 @@ class ChunkedLineReceiver(LineReceiver):
         self._partial = []
         self._give_back(self._held)
 
-    def budget_exceeded(self) -> None:
-        """The shared budget cannot hold what arrived; the default drops the connection."""
+    def budget_exceeded(self, data: bytes) -> None:
+        """The shared budget cannot hold ``data``; the default drops the connection."""
+        self.transport.loseConnection()
+
+    def discard_rest_of_line(self) -> None:
+        """Deliver no more lines; drop what arrives until the line being
+        received ends, then call ``line_discarded``.
+
+        A client still sending its line when the server closes would have
+        the connection reset, and could lose the answer it was just sent.
+        """
+        self.stop_lines()
+        if self._unfinished:
+            self._discarding = True
+        else:
+            self.line_discarded()
+
+    def line_discarded(self) -> None:
+        """The line being dropped has ended; the default closes."""
         self.transport.loseConnection()
 
     def _give_back(self, size: int) -> None:
@@ -78,12 +96,16 @@ class ChunkedLineReceiver(LineReceiver):
 
     def dataReceived(self, data: bytes) -> None:
         """Called by the transport with bytes; splits and delivers lines."""
+        if self._discarding and self.delimiter in data:
+            self._discarding = False
+            self.line_discarded()
         if self._stopped:
             return
         if data and self.budget is not None:
             if not self.budget.take(len(data)):
+                self._unfinished = not data.endswith(self.delimiter)
                 self.stop_lines()
-                self.budget_exceeded()
+                self.budget_exceeded(data)
                 return
             self._held += len(data)
         if data:

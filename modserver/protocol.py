@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from modserver import messages, wire
 from modserver.access import Identity
+from modserver.admission import REFUSING_AT_ONCE
 from modserver.errors import ReplyError, bad_request
 from modserver.lines import ChunkedLineReceiver
 from modserver.supervisor import Call, CallSink, LoadFailed
@@ -33,6 +34,10 @@ STATUS = "_status"
 # JSON reply may start with white space) is sent this often: to a client
 # that is gone, the second one fails, and the request is withdrawn.
 PROBE_INTERVAL = 0.5
+
+# A client whose line is refused while it sends it (too long, past the byte
+# budget) has this long to finish sending it (dropped) and read the answer.
+DISCARD_WAIT = 10.0
 
 # A client the server refuses gets this long to send its first line (the
 # refusal is answered in that line's encoding), and a line this long at most.
@@ -205,11 +210,26 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             "LineTooLong",
             f"the message is longer than the server's limit of {self.MAX_LENGTH} bytes",
         )
-        self._fail(err, wire.is_plain(line))
+        self._fail_after_line(err, wire.is_plain(line))
 
-    def budget_exceeded(self) -> None:
+    def budget_exceeded(self, data: bytes) -> None:
         """The server holds as many request bytes as it may: refuse this one."""
-        self._fail(self.budget.refusal(), self._plain and self._seen_line)
+        plain = self._plain if self._seen_line else wire.is_plain(data)
+        self._fail_after_line(self.budget.refusal(), plain)
+
+    def _fail_after_line(self, err: ReplyError, plain: bool) -> None:
+        """An error reply now; the connection closes once the client has sent
+        the rest of its line (or after DISCARD_WAIT), so that it can read it."""
+        if self._closing:
+            return
+        self.transport.write(err.line(plain))
+        self._waiting = False
+        self._idle(DISCARD_WAIT)
+        self.discard_rest_of_line()
+
+    def line_discarded(self) -> None:
+        """The refused line has ended: close."""
+        self._close()
 
     # Step 1: hello --------------------------------------------------------
 
@@ -501,9 +521,8 @@ def peer_address(addr) -> str:
     return str(address) if address is not None else host
 
 
-# Connections being refused at once (each answered, then closed within
-# REFUSAL_LINGER); more are closed unanswered.
-REFUSING_AT_ONCE = 64
+# Connections being refused are answered, then closed within this long; past
+# admission.REFUSING_AT_ONCE of them, more are closed unanswered.
 REFUSAL_LINGER = 2.0
 
 

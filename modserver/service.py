@@ -69,8 +69,9 @@ class ServerSettings:
     # loopback" (the command line's default).  Off here, so that a server
     # built in code (the tests') stays off the lab network unless asked.
     announce: bool | None = False
-    # Request bytes held in memory at once (lines being received, requests waiting).
-    max_held_requests: int = 256 * 1024 * 1024
+    # Request bytes held in memory at once (lines being received, requests
+    # waiting); None: 128 MiB, or room for two of the longest requests.
+    max_held_requests: int | None = None
     max_connections: int | None = None  # None: from the file limit and the modules
     max_connections_per_address: int = 100
     fd_limit: int | None = None  # the open-file limit (None: none, as on Windows)
@@ -102,7 +103,9 @@ class ModServer(service.MultiService):
         self._config_missing = False
         self.access = settings.access
         self.refusals = RefusalTally()
-        self.request_bytes = ByteBudget(settings.max_held_requests)
+        self.request_bytes = ByteBudget(
+            settings.max_held_requests or max(128 * 1024 * 1024, 2 * settings.max_request)
+        )
         self.connections = ConnectionLimits(
             self._connection_limit(len(config.modules)), settings.max_connections_per_address
         )
@@ -172,9 +175,9 @@ class ModServer(service.MultiService):
 
     def reload_on_signal(self) -> None:
         """SIGHUP: re-read the config (as ``_reload_`` does) and reopen the log files."""
-        self.log.info("SIGHUP: re-reading the config and reopening the log files")
         if self._json_stream is not None:
             self._json_stream.reopen()
+        self.log.info("SIGHUP: reopened the log files; re-reading the config")
         try:
             self.reload_config()
         except ReplyError:

@@ -124,9 +124,9 @@ class Options(usage.Options):
         [
             "max-held-requests",
             None,
-            256 * 1024**2,
+            None,
             "Request bytes held in memory at once (lines being received and requests "
-            "waiting); more get Busy.",
+            "waiting); more get Busy (default: 128M, or twice --max-request if larger).",
             size,
         ],
         [

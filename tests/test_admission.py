@@ -122,7 +122,12 @@ def test_the_byte_budget_refuses_what_would_exceed_it():
     assert budget.take(60) and not budget.take(50) and budget.held == 60
     budget.give_back(60)
     assert budget.take(100)
-    assert budget.refusal().reason.startswith("Busy: the server already holds 0 MiB of requests")
+    assert budget.refusal().reason.startswith("Busy: the server already holds 0 KiB of requests")
+    assert (
+        ByteBudget(256 * 1024 * 1024)
+        .refusal()
+        .reason.endswith("(its budget is 256 MiB, --max-held-requests); try again later")
+    )
 
 
 def test_connection_limits_in_total_and_per_address():

@@ -51,7 +51,7 @@ class FakeServer:
             name: parse_rules(rules) for name, rules in (module_rules or {}).items()
         }
         self.refusals = []
-        self.request_bytes = ByteBudget(ServerSettings().max_held_requests)
+        self.request_bytes = ByteBudget(128 * 1024 * 1024)
         self.connections = ConnectionLimits(total=100, per_address=10)
 
     def module(self, name):
@@ -288,6 +288,21 @@ def test_line_too_long_is_an_error_then_close():
     client.protocol.dataReceived(b'{"name": "' + b"x" * 200)
     reply = client.replies()[0]
     assert reply["error"] is True and reply["response"].startswith("LineTooLong")
+    assert not client.closed  # the client is still sending: closing now would reset it
+    client.protocol.dataReceived(b"y" * 10_000)
+    assert len(client.replies()) == 1 and not client.closed
+    client.protocol.dataReceived(b'"}\n{"name": "_ping"}\n')
+    assert client.closed and len(client.replies()) == 1
+
+
+def test_a_refused_line_that_never_ends_is_closed_after_a_while():
+    server = FakeServer()
+    server.settings.max_request = 100
+    client = Client(server)
+    client.protocol.dataReceived(b"x" * 200)
+    server.reactor.advance(9.9)
+    assert not client.closed
+    server.reactor.advance(0.1)
     assert client.closed
 
 
@@ -447,3 +462,118 @@ def test_calls_say_whether_their_client_is_an_administrator():
         client.send({"function": "move", "args": [], "timeout": 0.1})
         [call] = server.modules["laser"].submitted
         assert call.admin is expected
+
+
+# Never wedged: malformed messages, byte budget, connection limits, clients that left ----
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        (b"[" * 10000 + b"]" * 10000, "BadRequest: the message is nested too deeply to be read"),
+        (b'{"name": ' + b"[" * 10000 + b"]" * 10000 + b"}", "BadRequest: the message is nested"),
+        (b'{"name": "' + b"\\ud800" + b'"}', 'BadRequest: "name" holds a lone surrogate'),
+        (b'{"name": 1' + b"0" * 5000 + b"}", "BadRequest: message is not valid JSON"),
+        (b"hello there", "BadRequest: message is not valid JSON"),
+        (b'{"name": {"a": [1, 2]}}', 'BadRequest: "name" must be a string or null, not {"a"'),
+    ],
+)
+def test_malformed_hellos_get_one_bad_request(line, reason):
+    client = Client()
+    client.protocol.dataReceived(line + b"\n")
+    [answer] = client.replies(plain=line.startswith(b"{"))
+    assert answer["error"] is True and answer["response"].startswith(reason)
+    assert client.closed
+
+
+@pytest.mark.parametrize(
+    "request_line, reason",
+    [
+        (b'{"function": "f", "timeout": NaN}', '"timeout" must be a positive number'),
+        (b'{"function": "f", "timeout": Infinity}', '"timeout" must be a positive number'),
+        (b'{"function": "f", "args": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
+        (b'{"function": ["f"]}', '"function" must be a string or null, not ["f"]'),
+        (b'{"function": "f", "keep_alive": "yes"}', '"keep_alive" must be true or false'),
+    ],
+)
+def test_malformed_requests_get_one_bad_request(request_line, reason):
+    server = FakeServer()
+    client = Client(server)
+    client.send({"name": "laser"})
+    client.protocol.dataReceived(request_line + b"\n")
+    ack, answer = client.replies()
+    assert answer["error"] is True and reason in answer["response"]
+    assert server.modules["laser"].submitted == [] and client.closed
+
+
+def test_a_request_past_the_byte_budget_gets_busy():
+    server = FakeServer()
+    server.request_bytes = ByteBudget(1000)
+    holder = Client(server)
+    holder.protocol.dataReceived(b'{"name": "laser"}\n{"function": "f", "args": ["' + b"x" * 900)
+    assert server.request_bytes.held > 900  # a line on its way is held
+    client = Client(server)
+    client.protocol.dataReceived(b'{"name": "laser"}\n{"function": "f", "args": ["' + b"y" * 200)
+    answers = client.replies()
+    assert answers[-1]["response"] == (
+        "Busy: the server already holds 1 KiB of requests in memory (its budget is 1 KiB, "
+        "--max-held-requests); try again later"
+    )
+    client.protocol.dataReceived(b"y" * 5000 + b'"]}\n')  # the rest is read and dropped
+    assert client.closed and server.request_bytes.held < 1000
+    holder.protocol.connectionLost(None)
+    assert server.request_bytes.held == 0  # given back by the client that left
+
+
+def test_a_waiting_request_holds_its_bytes_until_it_is_sent():
+    server = FakeServer()
+    client = Client(server)
+    client.send({"name": "laser"})
+    client.send({"function": "move", "args": ["x" * 500]})
+    [call] = server.modules["laser"].submitted
+    assert server.request_bytes.held == len(call.request)
+    call.sent()
+    assert server.request_bytes.held == 0
+
+
+def test_connections_past_the_limit_get_one_busy_line_and_are_closed():
+    from modserver.protocol import ClientFactory
+
+    server = FakeServer()
+    server.connections = ConnectionLimits(total=10, per_address=2)
+    factory = ClientFactory(server)
+    peer = address.IPv4Address("TCP", "10.1.2.3", 5555)
+    kept = [factory.buildProtocol(peer) for _ in range(2)]
+    for proto in kept:
+        proto.makeConnection(StringTransport(peerAddress=peer))
+    refused = factory.buildProtocol(peer)
+    transport = StringTransport(peerAddress=peer)
+    refused.makeConnection(transport)
+    line = transport.value()
+    assert urllib.parse.unquote_plus(line.decode()).startswith(
+        '{"response": "Busy: 10.1.2.3 has 2 connections open, the limit for one address'
+    )
+    assert server.refusals[0][1] == "connections"
+    other = address.IPv4Address("TCP", "10.9.9.9", 1)
+    assert isinstance(factory.buildProtocol(other), ClientProtocol)
+    kept[0].connectionLost(None)
+    assert isinstance(factory.buildProtocol(peer), ClientProtocol)
+
+
+def test_a_half_closed_plain_client_is_checked_while_its_request_waits():
+    server = FakeServer()
+    client = Client(server)
+    client.send({"name": "laser"})
+    client.send({"function": "move", "args": []})
+    client.protocol.readConnectionLost()  # printf ... | nc -N: still reading
+    assert not client.closed
+    server.reactor.advance(0.5)
+    assert client.transport.value().endswith(b"\n ")  # the start of its reply line
+    server.reactor.advance(0.5)
+    assert client.transport.value().endswith(b"\n  ")
+    [call] = server.modules["laser"].submitted
+    call.started = server.reactor.seconds()  # its turn: no more checks
+    server.reactor.advance(5)
+    reply(call, line=b'{"response": 1, "error": false, "traceback": ""}\n')
+    *_, last = client.transport.value().split(b"\n")[:-1]
+    assert json.loads(last) == {"response": 1, "error": False, "traceback": ""}
