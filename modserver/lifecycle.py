@@ -54,7 +54,8 @@ class RestartPolicy:
       that it backs off like a crash loop (at least ``initial``), so a module
       that dies on every call still slows down.
 
-    A worker that stayed up ``stable`` seconds starts the sequence over.
+    A worker that stayed up ``stable`` seconds, or served and was restarted
+    at once, starts the crash-loop sequence over.
     It never gives up: a module whose instrument was unplugged comes back
     once it is plugged in again.
     """
@@ -84,6 +85,7 @@ class RestartPolicy:
         settled = served and uptime is not None and uptime >= self.settle
         if settled and len(self._quick) < self.burst:
             self._quick.append(now)
+            self._ladder = 0  # it worked: a later crash loop starts from the bottom
             return 0.0
         self._ladder += 1
         delay = 0.0 if self._ladder == 1 else self.initial * 2 ** (self._ladder - 2)

@@ -109,6 +109,7 @@ class ChaosRun:
                 seconds = time.monotonic() - started
                 outcome = exc.kind if exc.kind in CLEAR else "lost"
                 self.tally.record(outcome, seconds, exc.reason)
+                self._stop.wait(0.1)  # as a script would, before trying again
                 continue
             except ClientError as exc:
                 self.tally.record("lost", time.monotonic() - started, str(exc))

@@ -73,3 +73,11 @@ def test_a_worker_that_stayed_up_starts_the_ladder_over():
     assert module.dies_after(11, served=False) == 0
     assert module.policy.crashes == 1
     assert module.dies_after(0.1, served=False) == 1
+
+
+def test_a_worker_that_served_resets_the_crash_loop_ladder():
+    module = Module()
+    assert [module.dies_after(0.2, served=False) for _ in range(4)] == [0, 1, 2, 4]
+    assert module.dies_after(3) == 0  # served a while: back at once
+    assert module.dies_loading() == 0  # a death while loading starts the ladder anew
+    assert module.dies_loading() == 1
