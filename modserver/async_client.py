@@ -24,6 +24,7 @@ ConnectionFailed and ReplyTimeout when the server is out of reach.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 
 from twisted.internet import defer, endpoints, error, threads
@@ -39,6 +40,7 @@ from modserver.client import (
     ReplyTimeout,
     ServerError,
     load_discovery,
+    tls_context,
 )
 from modserver.lines import ChunkedLineReceiver
 
@@ -284,7 +286,13 @@ class AsyncLab:
     """
 
     def __init__(
-        self, wait: float | None = None, timeout: float = DEFAULT_TIMEOUT, reactor=None
+        self,
+        wait: float | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        reactor=None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -292,6 +300,9 @@ class AsyncLab:
         self.wait = self.discovery.DEFAULT_WAIT if wait is None else wait
         self.timeout = timeout
         self.reactor = reactor
+        # With TLS files, servers are asked and called over their TLS ports.
+        self._tls_files = {"tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key}
+        self._tls = tls_context(tls_ca, tls_cert, tls_key) if tls_ca or tls_cert else None
         self._finder = None
 
     def _in_thread(self, function, *args) -> defer.Deferred:
@@ -300,7 +311,8 @@ class AsyncLab:
 
     async def _located(self, module: str):
         if self._finder is None:  # opening zeroconf's sockets blocks too
-            self._finder = await self._in_thread(self.discovery.Finder, self.wait, self.timeout)
+            finder = functools.partial(self.discovery.Finder, tls=self._tls)
+            self._finder = await self._in_thread(finder, self.wait, self.timeout)
         return await self._in_thread(self._finder.locate, module)
 
     def client(self, module: str) -> defer.Deferred:
@@ -308,7 +320,8 @@ class AsyncLab:
 
         async def run():
             listing = await self._located(module)
-            return AsyncClient(listing.host, listing.server.port, self.timeout, self.reactor)
+            files = self._tls_files if self._tls is not None else {}
+            return AsyncClient(listing.host, listing.port, self.timeout, self.reactor, **files)
 
         return defer.Deferred.fromCoroutine(run())
 

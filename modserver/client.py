@@ -452,16 +452,26 @@ class Lab:
     module offered by two servers is an error naming both, never a guess.
     """
 
-    def __init__(self, wait: float = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        wait: float = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        tls=None,
+        tls_ca: str = None,
+        tls_cert: str = None,
+        tls_key: str = None,
+    ) -> None:
         discovery = load_discovery()
         self.timeout = timeout
         self.wait = discovery.DEFAULT_WAIT if wait is None else wait
-        self._finder = discovery.Finder(self.wait, timeout)
+        # With TLS files (as Client takes them), servers are used over their TLS ports.
+        self.tls = Client("", tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key).tls
+        self._finder = discovery.Finder(self.wait, timeout, tls=self.tls)
 
     def client(self, module: str) -> Client:
         """A Client for the server that offers ``module``."""
         listing = self._finder.locate(module)
-        return Client(listing.host, listing.server.port, self.timeout)
+        return Client(listing.host, listing.port, self.timeout, tls=self.tls)
 
     def com(self, module: str, funcname: str = "_help", *args, timeout: float = None):
         """``Client.com`` on the server that offers ``module``."""
@@ -587,7 +597,7 @@ def _run(lab: Client, options):
     if command == "status":
         return lab.status(options.name)
     if command == "discover":
-        return load_discovery().discover(options.wait, options.timeout)
+        return load_discovery().discover(options.wait, options.timeout, lab.tls)
     return lab.com(options.module, options.function, *map(_argument, options.args))
 
 

@@ -270,17 +270,20 @@ class Browser:
 class Listing:
     """A server and what it answered to ``_get_modules`` (or why it did not)."""
 
-    def __init__(self, server: Server, modules: list = None, host=None, error: str = None):
+    def __init__(
+        self, server: Server, modules: list = None, host=None, error: str = None, port=None
+    ):
         self.server = server
         self.modules = modules  # None if the server could not be asked
         self.host = host  # the address that answered
+        self.port = port if port is not None else server.port  # the port that answered
         self.error = error
 
     def __repr__(self) -> str:
         return "<Listing %r %s>" % (self.server.instance, self.modules or self.error)
 
     def address(self) -> str:
-        return _join(self.host, self.server.port) if self.host else ""
+        return _join(self.host, self.port) if self.host else ""
 
     def as_dict(self) -> dict:
         found = self.server.as_dict()
@@ -295,30 +298,39 @@ class Listing:
         return found
 
 
-def ask_modules(server: Server, timeout: float = DEFAULT_TIMEOUT) -> Listing:
-    """Ask ``server`` for its modules at each announced address until one answers."""
-    if not server.endpoints():
-        reason = "announces only a TLS port (%s), which this client does not speak" % (
-            server.tls_port
-        )
-        return Listing(server, error=reason)
+def ask_modules(server: Server, timeout: float = DEFAULT_TIMEOUT, tls=None) -> Listing:
+    """Ask ``server`` for its modules at each announced address until one answers.
+
+    With ``tls`` (an ssl.SSLContext, see client.tls_context), over its TLS port.
+    """
+    if tls is not None:
+        endpoints = [(address, server.tls_port) for address in server.addresses]
+        if server.tls_port is None:
+            return Listing(server, error="announces no TLS port")
+    else:
+        endpoints = server.endpoints()
+        if not endpoints:
+            reason = "announces only a TLS port (%s): give the client TLS files to use it" % (
+                server.tls_port
+            )
+            return Listing(server, error=reason)
     reasons = []
-    for host, port in server.endpoints():
+    for host, port in endpoints:
         try:
-            modules = Client(host, port, timeout).get_modules()
+            modules = Client(host, port, timeout, tls=tls).get_modules()
         except (ConnectionFailed, ReplyTimeout, ServerError) as exc:
             reasons.append(str(exc))
             continue
-        return Listing(server, list(modules), host)
+        return Listing(server, list(modules), host, port=port)
     return Listing(server, error="; ".join(reasons))
 
 
-def survey(servers: list, timeout: float = DEFAULT_TIMEOUT) -> list:
+def survey(servers: list, timeout: float = DEFAULT_TIMEOUT, tls=None) -> list:
     """Every server's Listing, asked in parallel (one slow server delays no other)."""
     if not servers:
         return []
     with concurrent.futures.ThreadPoolExecutor(len(servers)) as pool:
-        return list(pool.map(lambda server: ask_modules(server, timeout), servers))
+        return list(pool.map(lambda server: ask_modules(server, timeout, tls), servers))
 
 
 def choose(module: str, listings: list, wait: float = DEFAULT_WAIT) -> Listing:
@@ -332,8 +344,7 @@ def choose(module: str, listings: list, wait: float = DEFAULT_WAIT) -> Listing:
         )
         raise AmbiguousModule(
             "%r is offered by %d servers: %s; call one of them by its address, e.g. "
-            "Client(%r, %d)"
-            % (module, len(offering), where, offering[0].host, offering[0].server.port)
+            "Client(%r, %d)" % (module, len(offering), where, offering[0].host, offering[0].port)
         )
     seen = ", ".join(_summary(each) for each in listings) or "none"
     raise ModuleNotFound(
@@ -348,12 +359,12 @@ def _summary(listing: Listing) -> str:
     return "%r (%s)" % (listing.server.instance, ", ".join(listing.modules) or "no modules")
 
 
-def discover(wait: float = DEFAULT_WAIT, timeout: float = DEFAULT_TIMEOUT) -> list:
+def discover(wait: float = DEFAULT_WAIT, timeout: float = DEFAULT_TIMEOUT, tls=None) -> list:
     """Look around the network for ``wait`` seconds; every server's Listing."""
     browser = Browser()
     try:
         browser.settle(wait)
-        return survey(browser.servers(timeout), timeout)
+        return survey(browser.servers(timeout), timeout, tls)
     finally:
         browser.close()
 
@@ -414,6 +425,7 @@ class Finder:
         timeout: float = DEFAULT_TIMEOUT,
         browser=None,
         survey=survey,
+        tls=None,
     ) -> None:
         self.wait = wait
         self.timeout = timeout
@@ -421,6 +433,7 @@ class Finder:
         self._answers = {}
         self._generation = 0  # counts network changes: an answer older than one is stale
         self._survey = survey
+        self.tls = tls  # an ssl.SSLContext: ask servers over their TLS ports
         self._browser = browser if browser is not None else Browser(on_change=self._changed)
 
     def _changed(self, full_name: str, gone: bool) -> None:
@@ -449,7 +462,10 @@ class Finder:
     def servers(self) -> list:
         """Every server announced now, with its modules."""
         self._browser.settle(self.wait)
-        return self._survey(self._browser.servers(self.timeout), self.timeout)
+        servers = self._browser.servers(self.timeout)
+        if self.tls is None:
+            return self._survey(servers, self.timeout)
+        return self._survey(servers, self.timeout, self.tls)
 
     def close(self) -> None:
         self._browser.close()

@@ -401,3 +401,36 @@ def test_discover_without_a_network_says_why(lab):
     assert result.stderr.startswith(
         "error: cannot speak multicast DNS on this computer's network interfaces: "
     )
+
+
+def test_lab_finds_and_calls_a_module_served_only_over_mutual_tls(lab, servers, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    a, b = lab.hosts
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ca.issue_cert(lab.addresses[a]).private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "server.pem")
+    )
+    alice = ca.issue_cert("alice.lab.example", common_name="alice")
+    alice.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "alice.pem"))
+    (tmp_path / "vault").mkdir()
+    listen = (
+        f"mtls:36581:interface={lab.addresses[a]}:certKey={tmp_path / 'server.pem'}"
+        f":caCerts={tmp_path / 'ca.pem'}"
+    )
+    vault = {"vault": ["basic", "Basic", None]}
+    with start_server(lab, a, tmp_path / "vault", vault, "vault-pc", listen, "--allow", "cn:*"):
+        found = lab_python(
+            lab,
+            b,
+            f"""
+            import json
+            from modserver.client import Lab
+            ca, mine = {str(tmp_path / "ca.pem")!r}, {str(tmp_path / "alice.pem")!r}
+            with Lab(tls_ca=ca, tls_cert=mine) as lab:
+                print(json.dumps([lab.com("vault", "add", 20, 22), lab.client("vault").port]))
+            """,
+        )
+        assert found == [42, 36581]
+        plain = discovered(lab, b)[f"vault-pc on {HOST}:36581"]
+        assert plain["modules"] is None and "give the client TLS files" in plain["error"]
