@@ -76,6 +76,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
     def connectionMade(self) -> None:
         """A client connected: wait for its hello."""
         super().connectionMade()
+        self.server.connections.opened()
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "")
         self.client_port = getattr(peer, "port", 0)
@@ -106,6 +107,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         """The connection is gone: give up the module and any waiting request."""
+        self.server.connections.closed()
         self._closing = True
         self.stop_lines()
         self._cancel_timer()

@@ -22,6 +22,7 @@ from modserver.config import ModuleSpec
 from modserver.errors import ReplyError
 from modserver.lifecycle import Backoff, State, check_transition
 from modserver.process import WorkerProcess
+from modserver.stats import ModuleStats
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
@@ -149,6 +150,7 @@ class ModuleSupervisor:
         self.files: dict[str, bytes] = {}
         self.restarts = 0
         self.calls_served = 0
+        self.stats = ModuleStats()
         self.last_exit: str | None = None
         self.output_tail: collections.deque[bytes] = collections.deque(maxlen=OUTPUT_TAIL)
         self._process: WorkerProcess | None = None
@@ -219,11 +221,13 @@ class ModuleSupervisor:
             files=", ".join(paths),
             when="now" if self.state is not State.BUSY and self._holder is None else "once idle",
         )
+        self.stats.restart_requested("files", ", ".join(paths) + " changed")
         self.restart(when_idle=True).addErrback(lambda _: None)
 
     def update(self, spec: ModuleSpec) -> None:
         """Take a changed config entry: restart with it once idle."""
         self.spec = spec
+        self.stats.restart_requested("config", "config entry changed")
         self.restart(when_idle=True).addErrback(lambda _: None)
 
     def stop(self, reason: ReplyError) -> defer.Deferred:
@@ -335,6 +339,9 @@ class ModuleSupervisor:
             "dispatch": self.spec.dispatch,
             "python": self.spec.python,
             "files": sorted(self.files),
+            "timeout": self.spec.timeout,
+            "queue_limit": self.spec.queue_limit,
+            **self.stats.snapshot(now),
         }
 
     # Events from the worker ---------------------------------------------
@@ -379,6 +386,9 @@ class ModuleSupervisor:
             return
         self._current = None
         self.calls_served += 1
+        self.stats.call_answered(
+            self._reply_error, call.abandoned, call.received, self.reactor.seconds()
+        )
         outcome = self._error_type(call) if self._reply_error else "ok"
         if call.abandoned:
             outcome += ", after its client's timeout"
@@ -409,6 +419,7 @@ class ModuleSupervisor:
         """Answer ``call`` with ``err`` and log it."""
         if not call.answered:
             self._log_access(call, err.kind)
+            self.stats.call_failed(err.kind, call.received, self.reactor.seconds())
         call.fail(err)
 
     def _log_access(self, call: Call, outcome: str) -> None:
@@ -505,6 +516,7 @@ class ModuleSupervisor:
         proc = WorkerProcess(self)
         args = [spec.python, "-u", self.settings.script, spec.name]
         self._spawned_at = self.reactor.seconds()
+        self.output_tail.clear()  # a death explains itself with this worker's output alone
         try:
             self.settings.platform.spawn(self.reactor, proc, spec.python, args, env, spec.cwd)
         except Exception as exc:
@@ -667,6 +679,7 @@ class ModuleSupervisor:
         )
         if self._pending != "stop":
             self._pending = "restart"
+            self.stats.restart_requested("timeout", f"{call.function}() ran over {timeout:g} s")
         self._set_state(State.STOPPING)
         self._process.signal("KILL")
 
@@ -717,6 +730,7 @@ class ModuleSupervisor:
         if pending == "restart":
             self.log.info("restarting", module=self.name)
             self.restarts += 1
+            self.stats.restarted(self.reactor.seconds())
             self._spawn()
             return
         self._set_state(State.STOPPED)
@@ -728,6 +742,7 @@ class ModuleSupervisor:
 
     def _died(self, description: str, uptime: float) -> None:
         self.restarts += 1
+        self.stats.restarted(self.reactor.seconds(), "died", description)
         delay = self._backoff.next_delay(uptime)
         when = "now" if delay == 0 else f"in {delay:g} s"
         self.log.error(

@@ -14,6 +14,7 @@ from modserver.errors import ReplyError
 from modserver.lifecycle import State
 from modserver.protocol import ClientProtocol
 from modserver.service import ServerSettings
+from modserver.stats import ConnectionStats
 from modserver.supervisor import LoadFailed
 
 
@@ -50,6 +51,7 @@ class FakeServer:
             name: parse_rules(rules) for name, rules in (module_rules or {}).items()
         }
         self.refusals = []
+        self.connections = ConnectionStats()
 
     def module(self, name):
         return self.modules.get(name)
