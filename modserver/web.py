@@ -1,8 +1,9 @@
-"""The status page: ``/`` for people, ``/status.json`` for programs (twisted.web).
+"""The status page: ``/`` for people, ``/status.json`` and ``/metrics`` for programs.
 
 The page is rendered here, once, from the same data as ``_status``; a few
 lines of script fetch fresh table rows every two seconds so it stays
 current without reloading (and without closing an expanded traceback).
+``/metrics`` is Prometheus's (metrics.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 
 from twisted.web import resource, server
 
+from modserver import metrics
 from modserver.access import Identity
 
 REFRESH_MS = 2000
@@ -251,7 +253,7 @@ def own_names(extra=()) -> frozenset[str]:
 
 
 class StatusPage(resource.Resource):
-    """``/`` (the page; ``?part=rows`` for just its rows) and ``/status.json``.
+    """``/`` (the page; ``?part=live`` for its changing part), ``/status.json``, ``/metrics``.
 
     Only clients the server admits (``--allow``) are answered (403 for the
     rest), and only requests for one of this server's names (421).
@@ -288,7 +290,12 @@ class StatusPage(resource.Resource):
 
     def render_GET(self, request) -> bytes:  # noqa: N802 - twisted.web's name
         request.setHeader(b"Cache-Control", b"no-store")
-        status = self.server.status(None, _identity(request))
+        who = _identity(request)
+        if request.path == b"/metrics":
+            body, content_type = metrics.render(self.server, who, _header(request, b"accept"))
+            request.setHeader(b"Content-Type", content_type.encode())
+            return body
+        status = self.server.status(None, who)
         if request.path == b"/status.json":
             request.setHeader(b"Content-Type", b"application/json")
             return json.dumps(status).encode()
@@ -300,6 +307,11 @@ class StatusPage(resource.Resource):
         if request.args.get(b"part") == [b"live"]:
             return render_live(status).encode()
         return render_page(status).encode()
+
+
+def _header(request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if value is not None else None
 
 
 def _identity(request) -> Identity:
