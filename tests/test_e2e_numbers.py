@@ -145,7 +145,7 @@ def test_metrics_parse_with_prometheus_clients_own_parser(server):
     count_before = metric_value(before, "modserver_call_duration_seconds_count", module="basic")
     for _ in range(3):
         assert response(call(server.port, "basic", "add", 1, 2)) == 3
-    assert call(server.port, "basic", "fail")["error"] is True
+    assert call(server.port, "basic", "boom")["error"] is True
     families = scrape(server)
     assert families["modserver_calls"].type == "counter"
     assert families["modserver_call_duration_seconds"].type == "histogram"

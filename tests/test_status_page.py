@@ -164,7 +164,7 @@ def test_the_numbers_of_each_module_are_on_the_page(server, browser):
     server.wait_state("wavemeter", "ready")
     for _ in range(3):
         assert response(call(server.port, "wavemeter", "add", 1, 2)) == 3
-    assert call(server.port, "wavemeter", "fail")["error"] is True
+    assert call(server.port, "wavemeter", "boom")["error"] is True
     browser.get(server.url)
     module = server.module_status("wavemeter")
     assert cell(browser, "wavemeter", "calls") == str(module["calls"])
