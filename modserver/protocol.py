@@ -155,12 +155,24 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             text = line if plain else wire.unquote_plus(line)
             message = json.loads(text)
         except ValueError as exc:
-            self._fail(bad_request(f"message is not valid JSON: {exc}"), plain)
+            self._not_a_message(line, plain, exc)
             return
         if self._supervisor is None:
             self._hello(message, plain)
         else:
             self._request(message, text, plain)
+
+    def _not_a_message(self, line: bytes, plain: bool, exc: ValueError) -> None:
+        """A line that does not decode: someone at a terminal gets a plain reply."""
+        if plain or wire.looks_url_encoded(line):
+            self._fail(bad_request(f"message is not valid JSON: {exc}"), plain)
+            return
+        shown = line[:60].decode("utf-8", "replace") + ("..." if len(line) > 60 else "")
+        err = bad_request(
+            f"{shown!r} is neither JSON nor URL-encoded JSON: modserver reads one JSON "
+            'object per line, such as {"name": "_help"}'
+        )
+        self._fail(err, plain=True)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """A line over the limit: say so, then hang up."""
