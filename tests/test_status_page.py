@@ -279,6 +279,7 @@ def test_readme_screenshot(browser):
             what="echo back",
         )
         wait_for(lambda: srv.status()["server"]["uptime"] >= 4, what="a few seconds of uptime")
+        browser.set_window_size(1600, 660)
         browser.get(srv.url)
         rows(browser)["echo"].find_element(By.CSS_SELECTOR, ".restarts summary").click()
         browser.save_screenshot(SHOT)
