@@ -641,11 +641,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.required = True
     shared = [_options(suppress=True)]
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
         return commands.add_parser(
             name,
-            help=help,
-            description=help[0].upper() + help[1:] + ".",
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
             parents=shared,
             epilog=EXIT_STATUSES,
             formatter_class=argparse.RawDescriptionHelpFormatter,
