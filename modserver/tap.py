@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
 import sys
+from platform import python_version
 
 from twisted.copyright import version as twisted_version
 from twisted.internet import endpoints
@@ -220,7 +220,7 @@ class Options(usage.Options):
         """Show modserver's version (with Twisted's and Python's) and exit."""
         print(
             f"modserver {modserver.__version__} "
-            f"(Twisted {twisted_version}, Python {platform.python_version()})"
+            f"(Twisted {twisted_version}, Python {python_version()})"
         )
         sys.exit(0)
 
