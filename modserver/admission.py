@@ -201,6 +201,7 @@ class ConnectionLimits:
         self.total = total
         self.per_address = per_address
         self.open = 0
+        self.accepted = 0  # since the server started
         self._by_address: collections.Counter[str] = collections.Counter()
 
     def refusal(self, address: str) -> ReplyError | None:
@@ -221,6 +222,7 @@ class ConnectionLimits:
 
     def opened(self, address: str) -> None:
         self.open += 1
+        self.accepted += 1
         self._by_address[address] += 1
 
     def closed(self, address: str) -> None:

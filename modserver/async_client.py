@@ -44,6 +44,9 @@ from modserver.client import (
 )
 from modserver.lines import ChunkedLineReceiver
 
+# What sets the client's timeout, named in its ReplyTimeout messages.
+TIMEOUT_OPTION = "timeout= (of the AsyncClient, or of one call)"
+
 
 class _LineClient(ChunkedLineReceiver):
     """Sends messages and pairs each reply line with the Deferred waiting for it."""
@@ -165,7 +168,8 @@ class AsyncClient:
             where = f"{self.host}:{self.port}"
             if isinstance(exc, error.TimeoutError):
                 raise ReplyTimeout(
-                    f"no connection to modserver at {where} within {timeout:g} s"
+                    f"no connection to modserver at {where} within {timeout:g} s (the "
+                    f"client's timeout, which {TIMEOUT_OPTION} sets)"
                 ) from None
             raise ConnectionFailed(f"cannot connect to modserver at {where}: {exc}") from None
 
@@ -178,7 +182,8 @@ class AsyncClient:
             proto.transport.loseConnection()
             raise ReplyTimeout(
                 f"no reply from modserver at {self.host}:{self.port} within {timeout:g} s "
-                f"while {what}"
+                f"while {what}: the client's timeout, which {TIMEOUT_OPTION} sets; a call "
+                "already running goes on in the module"
             ) from None
 
     def _hello(self, name: str, what: str) -> defer.Deferred:

@@ -47,6 +47,10 @@ DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 36577
 DEFAULT_TIMEOUT = 2.0
 
+# What sets the client's timeout, named in its ReplyTimeout messages.
+PYTHON_TIMEOUT_OPTION = "timeout= (of the Client, or of one call)"
+CLI_TIMEOUT_OPTION = "--timeout SECONDS"
+
 __all__ = [
     "Client",
     "ClientError",
@@ -77,8 +81,16 @@ class ServerError(ClientError):
         self.reason = reason
         self.kind = reason.split(":", 1)[0]
         self.traceback = traceback
-        lines = traceback.strip().replace("\n", "\n|")
+        lines = traceback_before(reason, traceback).strip().replace("\n", "\n|")
         super().__init__("Server Error: " + reason + ("\n|" + lines if lines else ""))
+
+
+def traceback_before(reason: str, traceback: str) -> str:
+    """``traceback`` without its last line when that line is ``reason`` (shown already)."""
+    lines = traceback.rstrip("\n").split("\n")
+    if lines[-1].strip() == reason.strip():
+        lines.pop()
+    return "\n".join(lines) + "\n" if any(line.strip() for line in lines) else ""
 
 
 class ConnectionFailed(ClientError, ConnectionError):
@@ -123,15 +135,27 @@ def _tls_failure(where: str, exc: ssl.SSLError) -> ConnectionFailed:
 
 
 class _Connection:
-    """One TCP (or TLS) connection speaking the line protocol (URL-encoded, as the original)."""
+    """One TCP (or TLS) connection speaking the line protocol (URL-encoded, as the original).
 
-    def __init__(self, host: str, port: int, timeout: float, tls: ssl.SSLContext = None) -> None:
+    ``timeout_option`` names what sets ``timeout``, for the message when it runs out.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        tls: ssl.SSLContext = None,
+        timeout_option: str = PYTHON_TIMEOUT_OPTION,
+    ) -> None:
         self.where = "%s:%s" % (host, port)
+        self.timeout_option = timeout_option
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout)
         except socket.timeout:
             raise ReplyTimeout(
-                "no connection to modserver at %s within %g s" % (self.where, timeout)
+                "no connection to modserver at %s within %g s (the client's timeout, "
+                "which %s sets)" % (self.where, timeout, timeout_option)
             ) from None
         except OSError as exc:
             raise ConnectionFailed(
@@ -188,7 +212,9 @@ class _Connection:
                     )
         except socket.timeout:
             raise ReplyTimeout(
-                "no reply from modserver at %s within %g s while %s" % (self.where, timeout, what)
+                "no reply from modserver at %s within %g s while %s: the client's timeout, "
+                "which %s sets; a call already running goes on in the module"
+                % (self.where, timeout, what, self.timeout_option)
             ) from None
         except ssl.SSLError as exc:
             raise _tls_failure(self.where, exc) from None
@@ -244,6 +270,9 @@ class Client:
     is always verified.
     """
 
+    # What sets the timeout, named when it runs out (the command line names its option).
+    timeout_option = PYTHON_TIMEOUT_OPTION
+
     def __init__(
         self,
         host: str = DEFAULT_HOST,
@@ -270,7 +299,7 @@ class Client:
 
     def _connect(self, timeout: float = None) -> _Connection:
         wait = self.timeout if timeout is None else timeout
-        return _Connection(self.host, self.port, wait, self.tls)
+        return _Connection(self.host, self.port, wait, self.tls, self.timeout_option)
 
     def _hello(self, name: str, what: str):
         connection = self._connect()
@@ -529,53 +558,126 @@ def _argument(text: str):
         return text
 
 
+EXIT_STATUSES = """\
+exit status:
+  0  done
+  1  the server answered with an error (its reason and traceback on standard error)
+  2  usage: a mistake in the command line, or TLS files that cannot be used
+  3  the server could not be reached, or did not answer within --timeout
+"""
+
+
+def version() -> str:
+    """modserver's version, when this file is part of the installed package."""
+    try:
+        from modserver import __version__
+    except ImportError:
+        return "(client.py on its own, version unknown)"
+    return __version__
+
+
+def _options(suppress: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after it.
+
+    The copy each command gets (``suppress``) has no defaults, so an option
+    given before the command is not overwritten by the command's own.
+    """
+
+    def default(value):
+        return argparse.SUPPRESS if suppress else value
+
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--host", default=default(DEFAULT_HOST), help="server host (%s)" % DEFAULT_HOST
+    )
+    options.add_argument(
+        "--port", type=int, default=default(DEFAULT_PORT), help="server port (%d)" % DEFAULT_PORT
+    )
+    options.add_argument(
+        "--timeout",
+        type=float,
+        default=default(DEFAULT_TIMEOUT),
+        help="seconds to wait for an answer (%g); a call already running goes on in the "
+        "module after it" % DEFAULT_TIMEOUT,
+    )
+    options.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print the response as one line of JSON",
+    )
+    tls = options.add_argument_group(
+        "TLS", "for a server listening with ssl: or mtls: (its certificate is always verified)"
+    )
+    tls.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="use TLS, trusting the system's CAs",
+    )
+    tls.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        default=default(None),
+        help="use TLS; the CA that signed the server's certificate",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        default=default(None),
+        help="this client's certificate (mutual TLS)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        default=default(None),
+        help="its private key (if not in --tls-cert's file)",
+    )
+    return options
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modserver-client",
-        description="Talk to a modserver (or ModuleServer) from the shell.",
+        description="Talk to a modserver (or ModuleServer) from the shell. Options may "
+        "come before or after the command.",
         epilog="Arguments of 'call' are read as JSON when they parse (5, 2.5, true, "
-        'null, [1,2], "text") and as plain text otherwise. Exit status: 0 done, '
-        "1 the server answered with an error, 3 the server could not be reached or "
-        "did not answer in time.",
+        'null, [1,2], "text") and as plain text otherwise.\n\n' + EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_options(suppress=False)],
     )
-    parser.add_argument("--host", default=DEFAULT_HOST, help="server host (%(default)s)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="server port (%(default)s)")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT,
-        help="seconds to wait for an answer (%(default)s)",
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="print the response as one line of JSON"
-    )
-    tls = parser.add_argument_group(
-        "TLS", "for a server listening with ssl: or mtls: (its certificate is always verified)"
-    )
-    tls.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CAs")
-    tls.add_argument(
-        "--tls-ca", metavar="FILE", help="use TLS; the CA that signed the server's certificate"
-    )
-    tls.add_argument("--tls-cert", metavar="FILE", help="this client's certificate (mutual TLS)")
-    tls.add_argument(
-        "--tls-key", metavar="FILE", help="its private key (if not in --tls-cert's file)"
-    )
+    parser.add_argument("--version", action="version", version="modserver-client " + version())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    commands.add_parser("ping", help="check the server answers; prints your address")
-    commands.add_parser("help", help="the server's help text and module list")
-    modules = commands.add_parser("modules", help="list the module names")
+    shared = [_options(suppress=True)]
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            parents=shared,
+            epilog=EXIT_STATUSES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    command("ping", "check the server answers; prints your address")
+    help_command = command("help", "the server's help text and module list, or a module's help")
+    help_command.add_argument("module", nargs="?", help="this module's help")
+    modules = command("modules", "list the module names")
     modules.add_argument("prefix", nargs="?", default="", help="only names starting with this")
-    reload = commands.add_parser("reload", help="restart a module (or re-read the config)")
+    reload = command("reload", "restart a module (or re-read the config)")
     reload.add_argument("name", nargs="?", default="", help="the module (none: the config)")
-    status = commands.add_parser("status", help="the state of the server and its modules")
+    status = command("status", "the state of the server and its modules")
     status.add_argument("name", nargs="?", help="just this module")
-    call = commands.add_parser("call", help="call a module's function and print the result")
+    call = command("call", "call a module's function and print the result")
     call.add_argument("module")
-    call.add_argument("function")
+    call.add_argument(
+        "function", nargs="?", default="_help", help="the function (none: the module's help)"
+    )
     call.add_argument("args", nargs="*", metavar="ARG")
-    discover = commands.add_parser(
-        "discover", help="list the servers announced on the lab network and their modules"
+    discover = command(
+        "discover", "list the servers announced on the lab network and their modules"
     )
     discover.add_argument(
         "--wait", type=float, default=DISCOVER_WAIT, help="seconds to listen (%(default)s)"
@@ -589,7 +691,7 @@ def _run(lab: Client, options):
     if command == "ping":
         return lab.ping()
     if command == "help":
-        return lab.help()
+        return lab.com(options.module) if options.module else lab.help()
     if command == "modules":
         return lab.get_modules(options.prefix)
     if command == "reload":
@@ -631,14 +733,12 @@ def main(argv=None) -> int:
     except (OSError, ssl.SSLError) as exc:
         sys.stderr.write("error: cannot use the TLS files given: %s\n" % exc)
         return EXIT_USAGE
+    lab.timeout_option = CLI_TIMEOUT_OPTION
     try:
         response = _run(lab, options)
     except ServerError as exc:
         sys.stderr.write("error: %s\n" % exc.reason)
-        if exc.traceback and exc.traceback.strip() != exc.reason:
-            sys.stderr.write(
-                exc.traceback if exc.traceback.endswith("\n") else exc.traceback + "\n"
-            )
+        sys.stderr.write(traceback_before(exc.reason, exc.traceback))
         return EXIT_SERVER_ERROR
     except ClientError as exc:
         sys.stderr.write("error: %s\n" % exc)

@@ -194,12 +194,24 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         try:
             message, text = messages.decode(line, plain)
         except ReplyError as err:
-            self._fail(err, plain)
+            self._not_a_message(line, plain, err)
             return
         if self._supervisor is None:
             self._hello(message, plain)
         else:
             self._request(message, text, plain)
+
+    def _not_a_message(self, line: bytes, plain: bool, err: ReplyError) -> None:
+        """A line that does not decode: someone at a terminal gets a plain reply."""
+        if plain or wire.looks_url_encoded(line) or not err.message.startswith("message is not"):
+            self._fail(err, plain)
+            return
+        shown = line[:60].decode("utf-8", "replace") + ("..." if len(line) > 60 else "")
+        err = bad_request(
+            f"{shown!r} is neither JSON nor URL-encoded JSON: modserver reads one JSON "
+            'object per line, such as {"name": "_help"}'
+        )
+        self._fail(err, plain=True)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """A line over the limit: say so, then hang up."""

@@ -101,6 +101,7 @@ class ModServer(service.MultiService):
         self._poller = task.LoopingCall(self._poll)
         self._poller.clock = reactor
         self._config_missing = False
+        self.config_error: str | None = None  # why the config file on disk is not in use
         self.access = settings.access
         self.refusals = RefusalTally()
         self.request_bytes = ByteBudget(
@@ -286,9 +287,19 @@ class ModServer(service.MultiService):
                 "demo": self.demo,
                 "listen": list(self.settings.listen),
                 "config_problems": list(self.config.problems),
+                "config_error": self._config_trouble(),
+                "connections": self.connections.open,
             },
             "modules": {n: self._snapshot(n) for n in names},
         }
+
+    def _config_trouble(self) -> str | None:
+        """Why the config file on disk is not what runs, or None if it is."""
+        if self._config_missing:
+            return (
+                f"the config file {self.config.path} is missing; the running modules are unchanged"
+            )
+        return self.config_error
 
     def _snapshot(self, name: str) -> dict:
         snapshot = self.supervisors[name].snapshot()
@@ -303,16 +314,19 @@ class ModServer(service.MultiService):
             self.log.warn(
                 "Config not reloaded, the running modules are unchanged: {reason}", reason=str(exc)
             )
+            self.config_error = f"{exc}; the running modules are unchanged"
             raise ReplyError("ConfigError", str(exc)) from None
+        self.config_error = None
         self.config = config
         self._apply(config)
 
-    def reload_module(self, name: str) -> defer.Deferred | None:
-        """Restart one module's worker; None if there is no such module."""
+    def reload_module(self, name: str, by: str = "a client") -> defer.Deferred | None:
+        """Restart one module's worker (asked ``by`` someone); None if there is no such module."""
         supervisor = self.supervisors.get(name)
         if supervisor is None:
             return None
-        logs.for_module(name).info("restart requested by a client", module=name)
+        logs.for_module(name).info("restart requested by {by}", module=name, by=by)
+        supervisor.stats.restart_requested("reload", f"requested by {by}")
         return supervisor.restart(when_idle=False)
 
     # Watching files ---------------------------------------------------------

@@ -24,6 +24,7 @@ from modserver.config import ModuleSpec
 from modserver.errors import ReplyError
 from modserver.lifecycle import RestartPolicy, State, check_transition
 from modserver.process import WorkerProcess
+from modserver.stats import ModuleStats
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
@@ -174,6 +175,7 @@ class ModuleSupervisor:
         self.files: dict[str, bytes] = {}
         self.restarts = 0
         self.calls_served = 0
+        self.stats = ModuleStats()
         self.last_exit: str | None = None
         self.output_tail: collections.deque[bytes] = collections.deque(maxlen=OUTPUT_TAIL)
         self._process: WorkerProcess | None = None
@@ -255,11 +257,13 @@ class ModuleSupervisor:
             files=", ".join(paths),
             when="now" if self.state is not State.BUSY and self._holder is None else "once idle",
         )
+        self.stats.restart_requested("files", ", ".join(paths) + " changed")
         self.restart(when_idle=True).addErrback(lambda _: None)
 
     def update(self, spec: ModuleSpec) -> None:
         """Take a changed config entry: restart with it once idle."""
         self.spec = spec
+        self.stats.restart_requested("config", "config entry changed")
         self.restart(when_idle=True).addErrback(lambda _: None)
 
     def stop(self, reason: ReplyError) -> defer.Deferred:
@@ -383,6 +387,8 @@ class ModuleSupervisor:
             "dispatch": self.spec.dispatch,
             "python": self.spec.python,
             "files": sorted(self.files),
+            "timeout": self.spec.timeout,
+            **self.stats.snapshot(now),
         }
 
     # Events from the worker ---------------------------------------------
@@ -440,6 +446,9 @@ class ModuleSupervisor:
         self._current = None
         self.calls_served += 1
         self._served += 1
+        self.stats.call_answered(
+            self._reply_error, call.abandoned, call.received, self.reactor.seconds()
+        )
         outcome = self._error_type(call) if self._reply_error else "ok"
         if call.abandoned:
             outcome += ", after its client's timeout"
@@ -470,6 +479,7 @@ class ModuleSupervisor:
         """Answer ``call`` with ``err`` and log it."""
         if not call.answered:
             self._log_access(call, err.kind)
+            self.stats.call_failed(err.kind, call.received, self.reactor.seconds())
         call.fail(err)
 
     def _log_access(self, call: Call, outcome: str) -> None:
@@ -589,6 +599,7 @@ class ModuleSupervisor:
             env.update(dict(spec.env))
         proc = WorkerProcess(self)
         args = [spec.python, "-u", self.settings.script, spec.name]
+        self.output_tail.clear()  # a death explains itself with this worker's output alone
         try:
             self.settings.platform.spawn(self.reactor, proc, spec.python, args, env, spec.cwd)
         except OSError as exc:
@@ -625,6 +636,7 @@ class ModuleSupervisor:
         """No worker could be started for want of something that comes back
         (descriptors, memory, processes): retry with backoff, never give up."""
         self.restarts += 1
+        self.stats.restarted(self.reactor.seconds(), "spawn", f"cannot start: {exc}")
         delay = self._policy.next_delay(self.reactor.seconds(), None, False)
         delay = max(delay, self._policy.initial)
         self.log.error(
@@ -778,6 +790,7 @@ class ModuleSupervisor:
         )
         if self._pending != "stop":
             self._pending = "restart"
+            self.stats.restart_requested("timeout", f"{call.function}() ran over {timeout:g} s")
         self._set_state(State.STOPPING)
         self._process.signal("KILL")
 
@@ -828,6 +841,7 @@ class ModuleSupervisor:
         if pending == "restart":
             self.log.info("restarting", module=self.name)
             self.restarts += 1
+            self.stats.restarted(self.reactor.seconds())
             self._spawn()
             return
         self._set_state(State.STOPPED)
@@ -848,6 +862,7 @@ class ModuleSupervisor:
         loading = self.state is State.STARTING
         served, self._served = self._served, 0
         delay = self._policy.next_delay(self.reactor.seconds(), uptime, served > 0)
+        self.stats.restarted(self.reactor.seconds(), "died", description)
         when = "now" if delay == 0 else f"in {delay:g} s"
         self.log.error(
             "worker died unexpectedly ({how}); restarting {when}",

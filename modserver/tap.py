@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
+from platform import python_version
 
+from twisted.copyright import version as twisted_version
 from twisted.internet import endpoints
 from twisted.logger import LogLevel
 from twisted.python import usage
 
-from modserver import access, discovery, logs, platforms
+import modserver
+from modserver import access, discovery, endpoint_help, logs, platforms
 from modserver.config import ConfigError, read_config
 from modserver.lifecycle import RestartPolicy
 from modserver.service import ModServer, ServerSettings
@@ -242,6 +246,14 @@ class Options(usage.Options):
         """Do not announce this server on the lab network."""
         self["announce"] = False
 
+    def opt_version(self) -> None:
+        """Show modserver's version (with Twisted's and Python's) and exit."""
+        print(
+            f"modserver {modserver.__version__} "
+            f"(Twisted {twisted_version}, Python {python_version()})"
+        )
+        sys.exit(0)
+
     def postOptions(self) -> None:
         if self["log-level"].lower() not in LOG_LEVELS:
             raise usage.UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
@@ -302,7 +314,10 @@ def makeService(options: Options, reactor=None) -> ModServer:
         try:
             endpoints.serverFromString(reactor, description)
         except Exception as exc:
-            raise SystemExit(f"modserver: bad --listen endpoint {description!r}: {exc}") from None
+            raise SystemExit(
+                f"modserver: bad --listen endpoint {description!r}: "
+                f"{endpoint_help.explain(description, exc)}"
+            ) from None
     platform = _platform()
     fd_limit = platform.raise_fd_limit()
     log_level = LOG_LEVELS[options["log-level"].lower()]
@@ -313,7 +328,10 @@ def makeService(options: Options, reactor=None) -> ModServer:
         try:
             endpoints.serverFromString(reactor, description)
         except Exception as exc:
-            raise SystemExit(f"modserver: bad --http endpoint {description!r}: {exc}") from None
+            raise SystemExit(
+                f"modserver: bad --http endpoint {description!r}: "
+                f"{endpoint_help.explain(description, exc)}"
+            ) from None
     settings = ServerSettings(
         name=options["name"],
         listen=tuple(options["listen"]),

@@ -1,8 +1,10 @@
-"""The status page: ``/`` for people, ``/status.json`` for programs (twisted.web).
+"""The status page: ``/`` for people, ``/status.json`` and ``/metrics`` for programs.
 
 The page is rendered here, once, from the same data as ``_status``; a few
 lines of script fetch fresh table rows every two seconds so it stays
-current without reloading (and without closing an expanded traceback).
+current without reloading (and without closing an expanded traceback),
+count a module's backoff down, and send the administrators' buttons to
+``/control`` (see controls.py).  ``/metrics`` is Prometheus's (metrics.py).
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import html
 import ipaddress
 import json
+import math
 import socket
 import time
 
 from twisted.web import resource, server
 
+from modserver import controls, metrics, stats
 from modserver.access import Identity
 
 REFRESH_MS = 2000
@@ -28,7 +32,7 @@ table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: .35em .6em; border-bottom: 1px solid #ddd;
          vertical-align: top; }
 th { background: #f4f4f4; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .state { display: inline-block; padding: .1em .5em; border-radius: .8em; color: #fff;
          font-weight: 600; }
 .ready { background: #2e7d32; } .busy { background: #1565c0; }
@@ -38,6 +42,13 @@ details summary { cursor: pointer; }
 pre { white-space: pre-wrap; font-size: 12px; background: #f8f8f8; padding: .5em;
       max-width: 60em; margin: .3em 0; }
 .problems { color: #c62828; }
+.config-error { background: #fdecea; color: #b71c1c; border: 1px solid #f5c6cb;
+                padding: .5em .8em; border-radius: .3em; font-weight: 600; }
+td.num pre { text-align: left; white-space: pre; }
+.countdown { display: block; color: #ef6c00; font-size: 12px; margin-top: .2em; }
+.limit { color: #777; }
+button { font: inherit; padding: .15em .6em; cursor: pointer; }
+#control-result.ok { color: #2e7d32; }
 """
 
 _SCRIPT = """
@@ -53,13 +64,46 @@ async function refresh() {
     document.querySelectorAll('details').forEach(d => {
       if (open.has(d.dataset.key)) d.open = true;
     });
+    countDown();
     document.getElementById('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
   } catch (err) {
     document.getElementById('updated').textContent = 'server not answering (' + err + ')';
   }
 }
+function countDown() {
+  document.querySelectorAll('.countdown').forEach(c => {
+    if (!c.dataset.deadline) c.dataset.deadline = Date.now() + 1000 * Number(c.dataset.seconds);
+    const left = Math.max(0, Math.ceil((Number(c.dataset.deadline) - Date.now()) / 1000));
+    c.textContent = 'restart in ' + left + ' s';
+  });
+}
+async function control(button) {
+  const result = document.getElementById('control-result');
+  const token = document.querySelector('meta[name="modserver-token"]').content;
+  button.disabled = true;
+  try {
+    const reply = await fetch('/control', {
+      method: 'POST', cache: 'no-store',
+      headers: {'Content-Type': 'application/json', 'TOKEN_HEADER': token},
+      body: JSON.stringify({action: button.dataset.action, module: button.dataset.module}),
+    });
+    result.textContent = await reply.text();
+    result.className = reply.ok ? 'ok' : 'problems';
+  } catch (err) {
+    result.textContent = 'server not answering (' + err + ')';
+    result.className = 'problems';
+  }
+  button.disabled = false;
+  refresh();
+}
+document.addEventListener('click', event => {
+  const button = event.target.closest('button[data-action]');
+  if (button) control(button);
+});
 setInterval(refresh, REFRESH_MS);
-""".replace("REFRESH_MS", str(REFRESH_MS))
+setInterval(countDown, 250);
+countDown();
+""".replace("REFRESH_MS", str(REFRESH_MS)).replace("TOKEN_HEADER", controls.TOKEN_HEADER)
 
 
 def _duration(seconds) -> str:
@@ -85,8 +129,45 @@ def _details(key: str, summary: str, body: str) -> str:
     )
 
 
-def render_row(name: str, module: dict) -> str:
-    """One module's table row."""
+def _latency(seconds) -> str:
+    if seconds is None:
+        return ""
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch))
+
+
+def _state_cell(module: dict) -> str:
+    state = html.escape(module["state"])
+    cell = f'<span class="state {state}">{state}</span>'
+    restart_in = module.get("restart_in")
+    if restart_in is not None:  # the page's script counts it down between refreshes
+        cell += (
+            f'<span class="countdown" data-seconds="{restart_in:g}">'
+            f"restart in {math.ceil(restart_in)} s</span>"
+        )
+    return cell
+
+
+def _restarts_cell(name: str, module: dict) -> str:
+    history = "\n".join(
+        f"{_clock(r['time'])} {r['cause']}: {r['detail']}"
+        for r in reversed(module.get("restart_history") or [])
+    )
+    return _details(f"{name}/restarts", str(module.get("restarts", 0)), history)
+
+
+def _controls_cell(name: str) -> str:
+    return (
+        f'<button data-action="restart" data-module="{html.escape(name)}" '
+        f'title="stop this worker (its __exit__ runs) and start a fresh one">restart</button>'
+    )
+
+
+def render_row(name: str, module: dict, admin: bool = False) -> str:
+    """One module's table row; with the controls for an administrator."""
     state = module["state"]
     current = module.get("current_call")
     doing = ""
@@ -97,19 +178,29 @@ def render_row(name: str, module: dict) -> str:
     log = module.get("log") or []
     last = log[-1].splitlines()[0] if log else ""
     log_cell = _details(f"{name}/log", last, "\n".join(log))
+    latency = module.get("latency") or {}
+    timeout = module.get("timeout")
     cells = [
         f'<td class="name">{html.escape(name)}</td>',
-        f'<td><span class="state {html.escape(state)}">{html.escape(state)}</span></td>',
+        f"<td>{_state_cell(module)}</td>",
         f'<td class="num pid">{module.get("pid") or ""}</td>',
         f'<td class="num uptime">{_duration(module.get("uptime"))}</td>',
-        f'<td class="num restarts">{module.get("restarts", 0)}</td>',
-        f'<td class="num queue">{module.get("queue", 0)}</td>',
-        f'<td class="num calls">{module.get("calls_served", 0)}</td>',
+        f'<td class="num restarts">{_restarts_cell(name, module)}</td>',
+        f'<td class="num calls">{module.get("calls", 0)}</td>',
+        f'<td class="num errors">{module.get("errors", 0)}</td>',
+        f'<td class="num timeouts">{module.get("timeouts", 0)}</td>',
+        f'<td class="num p50">{_latency(latency.get("p50"))}</td>',
+        f'<td class="num p99">{_latency(latency.get("p99"))}</td>',
+        f'<td class="num queue">{module.get("queue", 0)}'
+        f'<span class="limit"> / {module.get("queue_limit", "")}</span></td>',
+        f'<td class="num timeout">{"none" if timeout is None else f"{timeout:g} s"}</td>',
         f'<td class="current">{html.escape(doing)}</td>',
         f'<td class="exit">{html.escape(module.get("last_exit") or "")}</td>',
         f'<td class="error">{error_cell}</td>',
         f'<td class="log">{log_cell}</td>',
     ]
+    if admin:
+        cells.append(f'<td class="controls">{_controls_cell(name)}</td>')
     return (
         f'<tr data-module="{html.escape(name)}" data-state="{html.escape(state)}">'
         + "".join(cells)
@@ -117,8 +208,8 @@ def render_row(name: str, module: dict) -> str:
     )
 
 
-def render_rows(status: dict) -> str:
-    return "\n".join(render_row(name, module) for name, module in status["modules"].items())
+def render_rows(status: dict, admin: bool = False) -> str:
+    return "\n".join(render_row(name, module, admin) for name, module in status["modules"].items())
 
 
 HEADINGS = [
@@ -127,16 +218,33 @@ HEADINGS = [
     "pid",
     "up",
     "restarts",
-    "queue",
     "calls",
+    "errors",
+    "timeouts",
+    "p50",
+    "p99",
+    "queue",
+    "timeout",
     "current call",
     "last exit",
     "last error",
     "recent log",
 ]
 
+# What the headings mean, shown when the mouse rests on them.
+HEADING_TITLES = {
+    "calls": "calls answered since the server started",
+    "errors": "calls answered with an error (the module raised, timed out, died or refused)",
+    "timeouts": "calls that ran past their timeout",
+    "p50": f"median time from arrival to reply, over the last {stats.LATENCY_WINDOW:g} s",
+    "p99": f"99th percentile of that time, over the last {stats.LATENCY_WINDOW:g} s",
+    "queue": "calls waiting / the module's queue_limit",
+    "timeout": "the module's call timeout",
+    "restarts": "workers replaced; click for when and why",
+}
 
-def render_live(status: dict) -> str:
+
+def render_live(status: dict, admin: bool = False) -> str:
     """What the page refreshes: the server's facts and the modules' table."""
     server = status["server"]
     facts = [
@@ -145,13 +253,29 @@ def render_live(status: dict) -> str:
         f"up {_duration(server['uptime'])}",
         f"config {server['config']}" + (" (bundled demo)" if server.get("demo") else ""),
         "listening on " + ", ".join(server["listen"]),
+        f"{server.get('connections', 0)} client connections",
     ]
     problems = "".join(f"<li>{html.escape(p)}</li>" for p in server.get("config_problems", []))
-    head = "".join(f"<th>{h}</th>" for h in HEADINGS)
+    config_error = server.get("config_error")
+    warning = (
+        f'<p class="config-error">The config file on disk is not in use: '
+        f"{html.escape(config_error)}</p>"
+        if config_error
+        else ""
+    )
+    headings = HEADINGS + (["controls"] if admin else [])
+    head = "".join(
+        f'<th title="{html.escape(HEADING_TITLES[h])}">{h}</th>'
+        if h in HEADING_TITLES
+        else f"<th>{h}</th>"
+        for h in headings
+    )
     return (
         f'<p class="facts">{html.escape(" · ".join(facts))}</p>'
+        + warning
         + (f'<ul class="problems">{problems}</ul>' if problems else "")
-        + f"<table><thead><tr>{head}</tr></thead><tbody>{render_rows(status)}</tbody></table>"
+        + f"<table><thead><tr>{head}</tr></thead>"
+        + f"<tbody>{render_rows(status, admin)}</tbody></table>"
         + render_lab(status.get("lab"))
     )
 
@@ -195,17 +319,27 @@ def _peer_row(peer: dict) -> str:
     )
 
 
-def render_page(status: dict) -> str:
-    """The whole page."""
+def render_page(status: dict, token: str | None = None) -> str:
+    """The whole page; with the controls when ``token`` is given (an administrator's)."""
     name = html.escape(status["server"]["name"])
+    admin = token is not None
+    meta = f'<meta name="modserver-token" content="{html.escape(token)}">' if admin else ""
+    controls_bar = (
+        '<p class="controls"><button data-action="reload-config" '
+        'title="re-read the config file and apply its changes">re-read the config</button> '
+        '<span id="control-result"></span></p>'
+        if admin
+        else ""
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<title>{name}: modserver status</title>
+<title>{name}: modserver status</title>{meta}
 <noscript><meta http-equiv="refresh" content="{REFRESH_MS // 1000}"></noscript>
 <style>{_STYLE}</style></head>
 <body>
 <h1>{name}</h1>
-<div id="live">{render_live(status)}</div>
+{controls_bar}
+<div id="live">{render_live(status, admin)}</div>
 <p class="facts" id="updated">updated {time.strftime("%H:%M:%S")}</p>
 <script>{_SCRIPT}</script>
 </body></html>
@@ -251,7 +385,8 @@ def own_names(extra=()) -> frozenset[str]:
 
 
 class StatusPage(resource.Resource):
-    """``/`` (the page; ``?part=rows`` for just its rows) and ``/status.json``.
+    """``/`` (the page; ``?part=live`` for its changing part), ``/status.json``,
+    ``/metrics``, and ``POST /control`` for the page's buttons.
 
     Only clients the server admits (``--allow``) are answered (403 for the
     rest), and only requests for one of this server's names (421).
@@ -263,13 +398,14 @@ class StatusPage(resource.Resource):
         super().__init__()
         self.server = server
         self.names = own_names(hosts)
+        self.token = controls.new_token()
 
     def render(self, request) -> bytes:
         """Every method: refuse clients not admitted and names not ours first."""
         who = _identity(request)
         if not self.server.access.admits(who):
             self.server.refused(who, "http", f"{who} may not use the status page (--allow)")
-            return _refuse(
+            return _plain(
                 request,
                 403,
                 f"Forbidden: {who} may not use this server; "
@@ -277,18 +413,25 @@ class StatusPage(resource.Resource):
             )
         name = host_name(request.getHeader(b"host"))
         if not host_allowed(name, self.names):
-            return _refuse(
+            return _plain(
                 request,
                 421,
                 f"Misdirected Request: this status page does not answer to the name "
                 f"{name!r}; use its address, or the operator can add the name with "
                 "--http-host\n",
             )
+        if request.path == controls.PATH:
+            return self._control(request)
         return super().render(request)
 
     def render_GET(self, request) -> bytes:  # noqa: N802 - twisted.web's name
         request.setHeader(b"Cache-Control", b"no-store")
-        status = self.server.status(None, _identity(request))
+        who = _identity(request)
+        if request.path == b"/metrics":
+            body, content_type = metrics.render(self.server, who, _header(request, b"accept"))
+            request.setHeader(b"Content-Type", content_type.encode())
+            return body
+        status = self.server.status(None, who)
         if request.path == b"/status.json":
             request.setHeader(b"Content-Type", b"application/json")
             return json.dumps(status).encode()
@@ -297,16 +440,48 @@ class StatusPage(resource.Resource):
             return b"not found"
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         status["lab"] = self.server.announcer.snapshot()  # the page's own panel
+        admin = self.server.access.is_admin(who)
         if request.args.get(b"part") == [b"live"]:
-            return render_live(status).encode()
-        return render_page(status).encode()
+            return render_live(status, admin).encode()
+        return render_page(status, self.token if admin else None).encode()
+
+    def _control(self, request) -> bytes:
+        """``/control``: a button of the page, if every check of controls.refusal passes."""
+        who = _identity(request)
+        asked = controls.ControlRequest(
+            method=request.method.decode("latin-1"),
+            who=who,
+            admin=self.server.access.is_admin(who),
+            host=_header(request, b"host"),
+            secure=request.isSecure(),
+            origin=_header(request, b"origin"),
+            fetch_site=_header(request, b"sec-fetch-site"),
+            content_type=_header(request, b"content-type"),
+            token=_header(request, controls.TOKEN_HEADER.lower().encode()),
+        )
+        refused = controls.refusal(asked, self.token)
+        if refused is not None:
+            if refused.code == 405:
+                request.setHeader(b"Allow", b"POST")
+            return _plain(request, refused.code, refused.reason + "\n")
+        try:
+            action, module = controls.parse_action(request.content.read(controls.MAX_BODY))
+        except ValueError as exc:
+            return _plain(request, 400, f"Bad Request: {exc}\n")
+        code, text = controls.perform(self.server, action, module, who)
+        return _plain(request, code, text + "\n")
+
+
+def _header(request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if value is not None else None
 
 
 def _identity(request) -> Identity:
     return Identity.of(getattr(request.getClientAddress(), "host", ""))
 
 
-def _refuse(request, code: int, text: str) -> bytes:
+def _plain(request, code: int, text: str) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
     request.setHeader(b"Cache-Control", b"no-store")

@@ -165,6 +165,12 @@ def is_plain(line: bytes) -> bool:
     return _PLAIN.match(line) is not None
 
 
+def looks_url_encoded(line: bytes) -> bool:
+    """True when ``line`` could be a URL-encoded message: it has a ``%XX`` escape
+    and nothing quote_plus never writes (a space, a quote, a brace)."""
+    return b"%" in line and not line.translate(None, SAFE + b"%+")
+
+
 def decode_line(line: bytes) -> tuple[object, bool]:
     """Decode one line (without its delimiter) into ``(message, plain)``."""
     plain = is_plain(line)

@@ -238,6 +238,32 @@ def _library_dirs() -> list[str]:
     return [os.path.normcase(os.path.abspath(d)) + os.sep for d in dirs]
 
 
+def _pythonpath_dirs(import_paths=()) -> list:
+    """PYTHONPATH's directories (a module's ``env`` may set it), but for the
+    server's import paths: packages reached through them (a vendor's
+    pyserial) are libraries, not the user's files."""
+    own = {os.path.normcase(os.path.abspath(p)) for p in import_paths}
+    found = []
+    for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        if entry:
+            directory = os.path.normcase(os.path.abspath(entry))
+            if directory not in own:
+                found.append(directory + os.sep)
+    return found
+
+
+def module_tree(import_path: str):
+    """Where the module's own code is: its top-level package's directory (with
+    a separator at the end), or its file; None if that cannot be found."""
+    origin = _module_origin(import_path.split(".")[0])
+    if not origin or not os.path.isfile(origin):
+        return None
+    origin = os.path.normcase(os.path.abspath(origin))
+    if os.path.basename(origin).startswith("__init__."):
+        return os.path.dirname(origin) + os.sep
+    return origin
+
+
 # The worker's own files: never the user's, wherever the package lives.
 _OWN_FILES = {
     os.path.normcase(os.path.join(_HERE, name + ".py")) for name in ("worker", "wire", "channel")
@@ -260,20 +286,29 @@ def _source_file(path):
     return path if os.path.isfile(path) else None
 
 
-def user_files(paths) -> list:
+def user_files(paths, import_paths=(), own_tree=None) -> list:
     """The given files that belong to the user's tree, each once and sorted,
     as ``[path, digest]``: what the server watches for changes, and a hash
     of the content that was imported (BLAKE2b, 16 bytes, in hex: the same
     as the server's watcher computes).
+
+    Not the user's: the standard library, site-packages, and what is reached
+    through PYTHONPATH (``import_paths`` excepted), unless it is the
+    module's ``own_tree`` (module_tree).
     """
     libraries = tuple(_library_dirs())
+    elsewhere = tuple(_pythonpath_dirs(import_paths))
     found = set()
     for path in paths:
         path = _source_file(path)
         if not path or os.path.normcase(path) in _OWN_FILES:
             continue
-        if not os.path.normcase(path).startswith(libraries):
-            found.add(path)
+        name = os.path.normcase(path)
+        if name.startswith(libraries):
+            continue
+        if name.startswith(elsewhere) and not (own_tree and name.startswith(own_tree)):
+            continue
+        found.add(path)
     files = []
     for path in sorted(found):
         try:
@@ -345,6 +380,47 @@ def static_attribute(obj, name: str, default=None):
     return default
 
 
+def argument_problem(method, args):
+    """What is wrong with calling ``method(*args)``, counting the client's arguments
+    only (not ``self``): `` (nm) takes 1 argument but 2 were given``; None if they fit."""
+    import inspect  # only for this error: it is large
+
+    try:
+        signature = inspect.signature(method)
+        signature.bind(*args)
+    except ValueError:
+        return None  # no signature to read (some C functions)
+    except TypeError:
+        pass
+    else:
+        return None
+    empty, every = inspect.Parameter.empty, list(signature.parameters.values())
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = [p for p in every if p.kind in kinds]
+    required = sum(1 for p in params if p.default is empty)
+    varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in every)
+    if required <= len(args) and (varargs or len(args) <= len(params)):
+        keywords = [p.name for p in every if p.kind is p.KEYWORD_ONLY and p.default is empty]
+        return "%s needs the keyword argument%s %s, which clients cannot pass" % (
+            signature,
+            "" if len(keywords) == 1 else "s",
+            ", ".join(keywords),
+        )
+    if varargs:
+        takes = "at least %d" % required
+    elif required == len(params):
+        takes = "%d" % required
+    else:
+        takes = "%d to %d" % (required, len(params))
+    return "%s takes %s argument%s but %d %s given" % (
+        signature,
+        takes,
+        "" if takes in ("1", "at least 1") else "s",
+        len(args),
+        "was" if len(args) == 1 else "were",
+    )
+
+
 def generated_help(instance, name: str, dispatch) -> str:
     """One line per public method: name, signature, first docstring line."""
     import inspect  # only for help: it is large
@@ -408,7 +484,7 @@ class Worker:
                 {
                     "reason": wire.exception_reason(exc),
                     "traceback": module_traceback(exc),
-                    "files": user_files(files),
+                    "files": self._user_files(files),
                 },
             )
             return False
@@ -416,7 +492,7 @@ class Worker:
             channel.READY,
             {
                 "pid": os.getpid(),
-                "files": user_files(self._loaded_files()),
+                "files": self._user_files(self._loaded_files()),
                 "load_time": time.time() - started,
                 "python": sys.version.split()[0],
                 "executable": sys.executable,
@@ -426,6 +502,10 @@ class Worker:
 
     def _loaded_files(self) -> list[str]:
         return [getattr(m, "__file__", None) for m in list(sys.modules.values())]
+
+    def _user_files(self, paths) -> list:
+        tree = module_tree(self.job["module"])
+        return user_files(paths, self.job.get("paths", ()), tree)
 
     def serve(self) -> int:
         """Serve frames until told to stop or the channel closes; the exit code."""
@@ -475,7 +555,16 @@ class Worker:
             return generated_help(self.instance, self.name, self.dispatch)
         if self.dispatch:
             return getattr(self.instance, self.dispatch)(client_ip, function, *args)
-        return self.method(function)(*args)
+        method = self.method(function)
+        try:
+            return method(*args)
+        except TypeError as exc:
+            # Raised by the call itself (no frame of the method's): the
+            # arguments do not fit, and Python's message counts ``self``.
+            problem = None if exc.__traceback__.tb_next else argument_problem(method, args)
+            if problem is None:
+                raise
+            raise TypeError("%s.%s%s" % (self.name, function, problem)) from None
 
     def method(self, function):
         """The public method ``function`` of the instance, or BadRequest."""
@@ -523,8 +612,19 @@ class Worker:
             return
         try:
             exit_method(None, None, None)
-        except BaseException:
-            logging.getLogger(__name__).exception("%s: __exit__ failed", self.name)
+        except BaseException as exc:
+            self._log_exit_failure(exc)
+
+    def _log_exit_failure(self, exc: BaseException) -> None:
+        """Log a failed ``__exit__`` as the module's own logger would, with its frames."""
+        logger = logging.getLogger(self.job["module"])
+        message = "%s.__exit__ failed: %s" % (
+            type(self.instance).__name__,
+            wire.exception_reason(exc),
+        )
+        record = logger.makeRecord(logger.name, logging.ERROR, "", 0, message, None, None)
+        record.exc_text = module_traceback(exc)
+        logger.handle(record)
 
 
 _terminating = threading.Event()

@@ -143,6 +143,7 @@ def test_connection_limits_in_total_and_per_address():
         "Busy: 10.0.0.1 has 2 connections open, the limit for one address"
     )
     assert limits.refusal("10.0.0.3") is None
+    assert (limits.open, limits.accepted) == (2, 3)
 
 
 def test_the_default_connection_limit_leaves_descriptors_for_workers_and_logs():

@@ -59,6 +59,7 @@ async def test_errors(lab):
     with pytest.raises(ReplyTimeout) as caught:
         await bounded(lab.com("basic", "sleep", 2, timeout=0.3))
     assert "within 0.3 s while waiting for basic.sleep()" in str(caught.value)
+    assert "the client's timeout, which timeout= (of the AsyncClient" in str(caught.value)
 
 
 @pytest_twisted.ensureDeferred

@@ -120,7 +120,8 @@ def test_a_slow_call_times_out_saying_what_was_awaited(lab):
     assert time.monotonic() - started < 1.5
     assert str(caught.value) == (
         f"no reply from modserver at 127.0.0.1:{lab.port} within 0.3 s "
-        "while waiting for basic.sleep()"
+        "while waiting for basic.sleep(): the client's timeout, which timeout= (of the "
+        "Client, or of one call) sets; a call already running goes on in the module"
     )
     assert isinstance(caught.value, TimeoutError)
     assert lab.com("basic", "sleep", 0.1, timeout=5) == 0.1  # a per-call timeout
@@ -173,3 +174,14 @@ def test_session_goes_on_after_an_error_and_after_idling(lab):
         assert basic.add(2, 2) == 4  # a new connection after the server closed the old one
         time.sleep(1.3)  # past the server's 1 s keep-alive timeout, on purpose
         assert basic.add(3, 3) == 6
+
+
+def test_a_server_errors_message_shows_its_reason_once(lab):
+    with pytest.raises(ServerError) as caught:
+        lab.com("basic", "boom", "bad wavelength")
+    message = str(caught.value)
+    assert message.count("bad wavelength") == 1
+    assert message.splitlines()[-1] == "|    raise ValueError(message)"
+    with pytest.raises(ServerError) as caught:
+        lab.com("nope", "x")  # the server's own error: its traceback is the reason alone
+    assert str(caught.value) == "Server Error: BadRequest: nope does not exist (case matters)"

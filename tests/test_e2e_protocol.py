@@ -255,7 +255,7 @@ def test_malformed_hello_is_an_error_and_closes(port, plain, message):
 @encodings
 def test_a_line_that_is_not_json_is_an_error_and_closes(port, plain):
     with Connection(port) as conn:
-        conn.send_raw(b"{not json\n" if plain else b"hello+there\n")
+        conn.send_raw(b"{not json\n" if plain else b"%7Bnot+json\n")
         reply = conn.reply(plain)
         assert reply["error"] is True and "not valid JSON" in reply["response"]
         assert conn.is_closed()

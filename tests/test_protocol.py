@@ -474,7 +474,6 @@ def test_calls_say_whether_their_client_is_an_administrator():
         (b'{"name": ' + b"[" * 10000 + b"]" * 10000 + b"}", "BadRequest: the message is nested"),
         (b'{"name": "' + b"\\ud800" + b'"}', 'BadRequest: "name" holds a lone surrogate'),
         (b'{"name": 1' + b"0" * 5000 + b"}", "BadRequest: message is not valid JSON"),
-        (b"hello there", "BadRequest: message is not valid JSON"),
         (b'{"name": {"a": [1, 2]}}', 'BadRequest: "name" must be a string or null, not {"a"'),
     ],
 )
