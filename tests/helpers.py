@@ -163,6 +163,10 @@ def response(reply: dict):
     return reply["response"]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class ServerProcess:
     """``twistd -n modserver`` in a subprocess with its own config and modules."""
 
@@ -210,6 +214,9 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             # Windows: a group of its own, so that Ctrl-Break reaches only the server.
             creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),
+            # A test run started in the background (`cmd &`) ignores SIGINT, and
+            # so would the server: give it Ctrl-C as a terminal would.
+            preexec_fn=None if ON_WINDOWS else _default_sigint,
         )
         try:
             if port is None:
