@@ -18,9 +18,10 @@ from zope.interface import implementer
 from modserver import messages, wire
 from modserver.access import Identity
 from modserver.admission import REFUSING_AT_ONCE
+from modserver.calls import Call, CallSink
 from modserver.errors import ReplyError, bad_request
 from modserver.lines import ChunkedLineReceiver
-from modserver.supervisor import Call, CallSink, LoadFailed
+from modserver.supervisor import LoadFailed
 
 if TYPE_CHECKING:
     from modserver.service import ModServer

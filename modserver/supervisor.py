@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from twisted.internet import defer
 from twisted.logger import LogLevel
 
-from modserver import channel, logs, platforms, wire
+from modserver import channel, logs, platforms
 from modserver.admission import QueueRules, WaitingLine, backoff_refusal
+from modserver.calls import Call, CallSink, ReplyRelay, call_deadlines
 from modserver.config import ModuleSpec
 from modserver.errors import ReplyError
 from modserver.lifecycle import RestartPolicy, State, check_transition
@@ -33,20 +34,9 @@ WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker
 OUTPUT_TAIL = 60
 OUTPUT_TAIL_LINE = 500
 
-# Replies up to this long are collected before they go to the client, so that
-# a worker dying in the middle of one is answered with WorkerDied instead of
-# a cut line; longer ones are passed on as they come.
-ATOMIC_REPLY = 64 * 1024
-
-# Replies longer than this are flow-controlled: a slow client pauses the worker.
-STREAMED_REPLY = 1024 * 1024
-
 # Spawn errors that pass (no descriptors, memory or processes to spare just
 # now): the worker is retried with backoff instead of being marked failed.
 TRANSIENT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN}
-
-# An error reply is read (to name its type in the access log) up to this size.
-ERROR_PEEK = 64 * 1024
 
 
 @dataclass
@@ -70,78 +60,8 @@ class WorkerSettings:
             self.signal_group = self.platform.signal_group
 
 
-class CallSink:
-    """Where a call's reply goes (the client connection); a no-op base."""
-
-    def reply_started(self, error: bool, producer=None) -> None:
-        """A reply begins; ``error`` replies end the client's connection.
-
-        ``producer`` (an IPushProducer) can be paused while the client is slow.
-        """
-
-    def reply_data(self, data: bytes) -> None:
-        """A piece of the encoded reply line."""
-
-    def reply_finished(self, complete: bool) -> None:
-        """The reply ended; not ``complete`` when the worker died mid-reply."""
-
-
-@dataclass(eq=False)
-class Call:
-    """One client request waiting for, or being served by, a worker."""
-
-    sink: CallSink
-    request: bytes  # the request's JSON text as the client sent it
-    function: str
-    keep_alive: bool = False
-    plain: bool = False
-    client_ip: str = ""
-    client: str = ""  # who the client is (address, and certificate CN), for queue shares
-    timeout: float | None = None
-    admin: bool = False  # may its timeout end the worker (else it ends only the wait)
-    meta: bytes = b""  # the worker's line about the call (who asked), made once per client
-    request_id: int = 0
-    received: float | None = None
-    started: float | None = None
-    answered: bool = False
-    abandoned: bool = False  # answered with Timeout while the worker goes on with it
-    release: Callable[[], None] | None = None  # gives back the request's bytes, once
-
-    def sent(self) -> None:
-        """The request left the server (to the worker) or was dropped: free its bytes."""
-        release, self.release = self.release, None
-        if release is not None:
-            release()
-
-    def fail(self, err: ReplyError) -> None:
-        """Answer with an error reply (unless a reply has begun already)."""
-        self.sent()
-        if self.answered:
-            return
-        self.answered = True
-        self.sink.reply_started(True)
-        self.sink.reply_data(err.line(self.plain))
-        self.sink.reply_finished(True)
-
-
 def _queue_rules(spec: ModuleSpec) -> QueueRules:
     return QueueRules(limit=spec.queue_limit, share=spec.queue_share, wait=spec.queue_wait)
-
-
-def call_deadlines(call: Call, module_timeout: float | None) -> tuple[float | None, float | None]:
-    """``(kill after, give up after)``: when to end the worker, when to answer the client.
-
-    An administrator's request timeout replaces the module's; anyone else's
-    can only shorten their own wait: the worker is ended by the module's
-    timeout alone.
-    """
-    if call.timeout is None:
-        return module_timeout, None
-    if call.admin:
-        return call.timeout, None
-    if module_timeout is None or call.timeout < module_timeout:
-        return module_timeout, call.timeout
-    return module_timeout, None
 
 
 class LoadFailed(Exception):
@@ -191,10 +111,7 @@ class ModuleSupervisor:
         self._served = 0  # calls the current worker answered
         self._death: str = ""  # how the last worker died, and its last output
         self._request_ids = 0
-        self._reply_target: Call | None = None
-        self._whole_reply: list[bytes] | None = None  # a short reply, until it is whole
-        self._reply_error = False
-        self._error_peek: list[bytes] | None = None
+        self._relay = ReplyRelay(spec.name, self.log, peek_errors=self.access is not None)
 
     @property
     def name(self) -> str:
@@ -409,71 +326,37 @@ class ModuleSupervisor:
         call = self._current
         if proc is not self._process or call is None or call.request_id != request_id:
             self.log.warn("dropping an unexpected reply from {module}'s worker", module=self.name)
-            self._reply_target = None
+            self._relay.drop()
             return
         self._cancel_timer("call")
         self._cancel_timer("give_up")
-        self._reply_target = call
-        self._reply_error = bool(flags & channel.ERROR)
-        self._error_peek = [] if self._reply_error and self.access is not None else None
-        if length <= ATOMIC_REPLY:
-            self._whole_reply = []
-            return
-        self._whole_reply = None
-        call.answered = True
-        # Only a long reply can outrun its client; a short one fits the buffers.
-        producer = proc if length > STREAMED_REPLY else None
-        self._to_sink(call, "reply_started", self._reply_error, producer)
+        self._relay.start(call, bool(flags & channel.ERROR), length, proc)
 
     def worker_reply_data(self, proc: WorkerProcess, data: bytes) -> None:
-        if proc is self._process and self._reply_target is not None:
-            if self._error_peek is not None and sum(map(len, self._error_peek)) < ERROR_PEEK:
-                self._error_peek.append(data)
-            if self._whole_reply is not None:
-                self._whole_reply.append(data)
-            else:
-                self._to_sink(self._reply_target, "reply_data", data)
+        if proc is self._process:
+            self._relay.data(data)
 
     def worker_reply_ended(self, proc: WorkerProcess) -> None:
-        call, self._reply_target = self._reply_target, None
-        if proc is not self._process or call is None:
+        if proc is not self._process:
             return
-        whole, self._whole_reply = self._whole_reply, None
-        if whole is not None:
-            call.answered = True
-            self._to_sink(call, "reply_started", self._reply_error, None)
-            self._to_sink(call, "reply_data", b"".join(whole))
+        call = self._relay.finish()
+        if call is None:
+            return
+        error = self._relay.error
         self._current = None
         self.calls_served += 1
         self._served += 1
-        self.stats.call_answered(
-            self._reply_error, call.abandoned, call.received, self.reactor.seconds()
-        )
-        outcome = self._error_type(call) if self._reply_error else "ok"
+        self.stats.call_answered(error, call.abandoned, call.received, self.reactor.seconds())
+        outcome = self._relay.error_type(call) if error else "ok"
         if call.abandoned:
             outcome += ", after its client's timeout"
         self._log_access(call, outcome)
-        held = (
-            call.keep_alive
-            and not call.abandoned
-            and not self._reply_error
-            and self.state is State.BUSY
-        )
+        held = call.keep_alive and not call.abandoned and not error and self.state is State.BUSY
         self._holder = call.sink if held else None
         if self.state is State.BUSY:
             self._set_state(State.READY)
-        self._to_sink(call, "reply_finished", True)
+        self._relay.deliver(call, "reply_finished", True)
         self._advance()
-
-    def _error_type(self, call: Call) -> str:
-        """The type named by an error reply ("ValueError"), for the access log."""
-        line = b"".join(self._error_peek or ()).rstrip(b"\n")
-        self._error_peek = None
-        try:
-            text = line if call.plain else wire.unquote_plus(line)
-            return json.loads(text)["response"].split(":", 1)[0]
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return "error"
 
     def _fail_call(self, call: Call, err: ReplyError) -> None:
         """Answer ``call`` with ``err`` and log it."""
@@ -497,19 +380,6 @@ class ModuleSupervisor:
             ms=(now - received) * 1000,
             waited_ms=(started - received) * 1000,
         )
-
-    def _to_sink(self, call: Call, method: str, *args) -> None:
-        """Pass reply events on; a failing client must not break the worker's pipe."""
-        if call.abandoned:
-            return  # the client had its Timeout; the worker's late reply goes nowhere
-        try:
-            getattr(call.sink, method)(*args)
-        except Exception:
-            self.log.failure(
-                "passing a reply from {module} to {client} failed",
-                module=self.name,
-                client=call.client_ip,
-            )
 
     def worker_output(self, proc: WorkerProcess, line: bytes) -> None:
         self.output_tail.append(line[:OUTPUT_TAIL_LINE])
@@ -899,12 +769,11 @@ class ModuleSupervisor:
 
     def _fail_current(self, description: str) -> None:
         call, self._current = self._current, None
-        self._reply_target = None
-        self._whole_reply = None
+        self._relay.drop()
         if call is None:
             return
         if call.answered:
-            self._to_sink(call, "reply_finished", False)  # cut short: just close
+            self._relay.deliver(call, "reply_finished", False)  # cut short: just close
             return
         self._fail_call(
             call,

@@ -11,8 +11,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from modserver import channel, platforms
+from modserver.calls import Call, CallSink
 from modserver.config import ModuleSpec
-from modserver.supervisor import Call, CallSink, ModuleSupervisor, WorkerSettings
+from modserver.supervisor import ModuleSupervisor, WorkerSettings
 
 
 class FakeProcessTransport:
