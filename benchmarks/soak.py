@@ -4,7 +4,7 @@
     python benchmarks/soak.py --seconds 60 --portable
 
 A real ``twistd modserver`` serves four modules while clients make random
-calls, a killer SIGKILLs a random worker every 0.3-1.5 s and a rewriter
+calls, a killer SIGKILLs a random worker every 0.3-1.5 s (--kill-every) and a rewriter
 saves a module file every 2-4 s.  It prints calls, ok, clear errors and
 lost (a call with no reply within its 5 s client timeout, or a wrong
 value): lost must be 0.  Exit status 1 if any was lost, or if anything of
@@ -32,6 +32,14 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--modules", type=int, default=4)
     parser.add_argument("--portable", action="store_true", help="MODSERVER_PLATFORM=portable")
+    parser.add_argument(
+        "--kill-every",
+        nargs=2,
+        type=float,
+        default=(0.3, 1.5),
+        metavar=("MIN", "MAX"),
+        help="seconds between two worker kills, at random between MIN and MAX (0.3 1.5)",
+    )
     args = parser.parse_args()
     if args.portable:
         os.environ["MODSERVER_PLATFORM"] = "portable"
@@ -41,7 +49,7 @@ def main() -> int:
         server = ServerProcess(directory, config, ("--no-access-log",)).start()
         started = time.monotonic()
         try:
-            run = ChaosRun(server, directory, list(config))
+            run = ChaosRun(server, directory, list(config), kill_every=tuple(args.kill_every))
             tally = run.run(args.seconds, clients=args.clients)
             pids = run.pids | {m["pid"] for m in server.status()["modules"].values() if m["pid"]}
         finally:

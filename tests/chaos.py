@@ -72,8 +72,16 @@ class Tally:
 class ChaosRun:
     """Clients, a killer and a rewriter against one server, for ``seconds``."""
 
-    def __init__(self, server, directory: Path, modules: list[str], seed: int = 1) -> None:
+    def __init__(
+        self,
+        server,
+        directory: Path,
+        modules: list[str],
+        seed: int = 1,
+        kill_every: tuple[float, float] = (0.3, 1.5),
+    ) -> None:
         self.server = server
+        self.kill_every = kill_every  # seconds between two kills, at random in this range
         self.directory = directory
         self.modules = modules
         self.tally = Tally()
@@ -121,7 +129,7 @@ class ChaosRun:
                 self.tally.record("lost", seconds, f"{function} returned {result!r}")
 
     def _killer(self) -> None:
-        while not self._stop.wait(self._random.uniform(0.3, 1.5)):
+        while not self._stop.wait(self._random.uniform(*self.kill_every)):
             try:
                 status = self.server.status()
             except (OSError, AssertionError, ValueError):

@@ -287,6 +287,25 @@ class ServerProcess:
         self.stop()
 
 
+def _can_bind(address: str) -> bool:
+    try:
+        with socket.socket() as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
+
+
+# Another client on this computer: Linux serves all of 127.0.0.0/8, so a
+# socket bound to 127.0.0.2 is "someone else" to a server that admits only
+# 127.0.0.1.  macOS (and a Windows without it) has only 127.0.0.1.
+SECOND_LOOPBACK = "127.0.0.2"
+needs_second_loopback = pytest.mark.skipif(
+    not _can_bind(SECOND_LOOPBACK),
+    reason="this system cannot bind 127.0.0.2, which plays a second client's address",
+)
+
+
 def free_port() -> int:
     """A TCP port nothing listens on just now."""
     with socket.socket() as probe:

@@ -35,6 +35,7 @@ from tests.helpers import (
     hello,
     kill_hard,
     modserver_command,
+    needs_second_loopback,
     response,
     wait_for,
 )
@@ -110,6 +111,7 @@ def test_a_server_at_its_file_limit_refuses_clients_and_still_respawns_workers(t
 # 3. Connection limits and the backlog -------------------------------------------------------
 
 
+@needs_second_loopback
 def test_connections_past_the_per_address_limit_get_one_busy_line(tmp_path):
     args = ("--max-connections-per-address", "20", "--allow", "loopback")
     with start(tmp_path, {"basic": ["basic", "Basic", None]}, *args) as srv:
@@ -179,6 +181,7 @@ def test_a_burst_of_large_requests_stays_within_the_byte_budget(tmp_path):
 # 5. Fairness, and clients that left ------------------------------------------------------
 
 
+@needs_second_loopback
 def test_one_client_flooding_a_module_does_not_lock_out_another(tmp_path):
     config = {"counting": {"module": "counting", "entry": "Counting", "queue_limit": 8}}
     with start(tmp_path, config, "--allow", "loopback") as srv:

@@ -17,7 +17,7 @@ import sys
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ServerProcess, call, kill_hard, response, wait_for
+from tests.helpers import ServerProcess, call, kill_hard, needs_second_loopback, response, wait_for
 
 CONFIG = {
     "life": {"module": "lifecycle", "entry": "Life", "timeout": 1.5, "queue_limit": 7},
@@ -270,6 +270,7 @@ def test_a_cross_site_form_post_is_refused(server):
     assert server.module_status("life")["pid"] == pid
 
 
+@needs_second_loopback
 @linux_only
 def test_a_client_that_is_not_an_administrator_gets_no_controls(server):
     status, _, page = request(server, "GET", "/", source=OTHER)

@@ -31,6 +31,7 @@ from tests.helpers import (
     decode,
     encode,
     hello,
+    needs_second_loopback,
     response,
     wait_for,
 )
@@ -205,6 +206,7 @@ def test_a_client_verifies_the_servers_certificate(tmp_path, pki):
 # 3. The address allowlist ------------------------------------------------------------------
 
 
+@needs_second_loopback
 def test_clients_from_elsewhere_are_refused_in_the_encoding_they_spoke(tmp_path):
     with start(tmp_path, {"basic": BASIC}, "--allow", "127.0.0.1") as srv:
         for plain in (False, True):
@@ -263,6 +265,7 @@ def test_a_modules_allow_list_admits_only_the_certificate_names_it_gives(tmp_pat
         assert plain["response"].startswith("Forbidden: 127.0.0.1 may not use secret")
 
 
+@needs_second_loopback
 def test_an_allow_list_edited_in_the_config_applies_without_restarting_the_module(tmp_path):
     config = {"mod": {"module": "basic", "entry": "Basic", "allow": ["127.0.0.1"]}}
     with start(tmp_path, config, "--allow", "loopback") as srv:
@@ -281,6 +284,7 @@ def test_an_allow_list_edited_in_the_config_applies_without_restarting_the_modul
 # 5. Administrative operations ---------------------------------------------------------------
 
 
+@needs_second_loopback
 def test_reloads_are_for_administrators(tmp_path):
     with start(
         tmp_path, {"basic": BASIC}, "--allow", "loopback", "--admin-allow", "127.0.0.1"
@@ -310,6 +314,7 @@ def test_an_administrators_certificate_name_allows_reloads(tmp_path, pki):
         )  # not loopback now
 
 
+@needs_second_loopback
 def test_a_short_timeout_from_a_non_administrator_leaves_the_worker_alive(tmp_path):
     args = ("--allow", "loopback", "--admin-allow", "127.0.0.1")
     with start(tmp_path, {"life": LIFE}, *args) as srv:
@@ -344,6 +349,7 @@ def http_get(port: int, host_header: str | None, source: str | None = None) -> t
     return status, data.split(b"\r\n\r\n", 1)[1]
 
 
+@needs_second_loopback
 def test_the_status_page_answers_only_its_own_names_and_admitted_clients(tmp_path):
     args = ("--http", "tcp:0:interface=127.0.0.1", "--allow", "127.0.0.1", "--http-host", "lab-pc")
     with start(tmp_path, {"basic": BASIC}, *args) as srv:
@@ -455,6 +461,7 @@ def openssl_3() -> bool:
     return bool(match) and int(match.group(1)) >= 3
 
 
+@needs_second_loopback
 @pytest.mark.skipif(not openssl_3(), reason="needs the openssl command, version 3 or newer")
 def test_the_documented_recipe_and_lab_configuration_work(tmp_path):
     pki_dir = tmp_path / "pki"
