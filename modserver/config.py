@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import sys
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 
 from modserver.access import Rule, parse_rule
 from modserver.admission import DEFAULT_QUEUE_WAIT
+from modserver.messages import positive_seconds
 from modserver.watcher import content_digest
 
 DEFAULT_QUEUE_LIMIT = 100
@@ -245,12 +245,7 @@ def _env(value) -> tuple[tuple[str, str], ...]:
 def _timeout(value) -> float | None:
     if value is None:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
+    if not positive_seconds(value):
         raise _BadEntry(f'"timeout" must be a positive number of seconds or null, not {value!r}')
     return float(value)
 
@@ -270,12 +265,7 @@ def _queue_share(value) -> int | None:
 
 
 def _queue_wait(value) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
+    if not positive_seconds(value):
         raise _BadEntry(f'"queue_wait" must be a positive number of seconds, not {value!r}')
     return float(value)
 

@@ -71,15 +71,20 @@ def request(message) -> Request:
     return Request(function, keep_alive, _timeout(message.get("timeout")))
 
 
+def positive_seconds(value) -> bool:
+    """True for a JSON number of seconds above zero (not a boolean, NaN or infinite)."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
 def _timeout(value) -> float | None:
     if value is None:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
+    if not positive_seconds(value):
         raise bad_request('"timeout" must be a positive number of seconds')
     return float(value)
 

@@ -306,6 +306,13 @@ needs_second_loopback = pytest.mark.skipif(
 )
 
 
+def timed(fn, *args, **kwargs):
+    """``(fn(*args, **kwargs), the seconds it took)``."""
+    started = time.monotonic()
+    result = fn(*args, **kwargs)
+    return result, time.monotonic() - started
+
+
 def free_port() -> int:
     """A TCP port nothing listens on just now."""
     with socket.socket() as probe:

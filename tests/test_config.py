@@ -97,6 +97,9 @@ def test_a_relative_interpreter_path_is_relative_to_the_config():
         ({"module": "a", "entry": "B", "timeout": "3"}, '"timeout" must be a positive number'),
         ({"module": "a", "entry": "B", "timeout": 0}, '"timeout" must be a positive number'),
         ({"module": "a", "entry": "B", "queue_limit": -1}, '"queue_limit" must be a whole number'),
+        ({"module": "a", "entry": "B", "queue_share": 0}, '"queue_share" must be a whole number'),
+        ({"module": "a", "entry": "B", "queue_wait": -5}, '"queue_wait" must be a positive'),
+        ({"module": "a", "entry": "B", "queue_wait": True}, '"queue_wait" must be a positive'),
         (
             {"module": "a", "entry": "B", "env": {"A": 1}},
             '"env" must be an object of string values',
@@ -140,3 +143,13 @@ def test_equal_entries_give_equal_specs_and_changes_do_not():
     first = parse({"m": ["a", "B", None]}).modules[0]
     assert first == parse({"m": {"module": "a", "entry": "B"}}).modules[0]
     assert first != parse({"m": ["a", "B", "d"]}).modules[0]
+
+
+def test_queue_share_and_wait_are_read_and_apply_without_a_restart():
+    entry = {"module": "a", "entry": "B", "queue_limit": 8}
+    first = parse_config(json.dumps({"m": entry}), "/cfg").modules[0]
+    assert (first.queue_share, first.queue_wait) == (None, 60.0)
+    changed = dict(entry, queue_share=2, queue_wait=5)
+    second = parse_config(json.dumps({"m": changed}), "/cfg").modules[0]
+    assert (second.queue_share, second.queue_wait) == (2, 5.0)
+    assert not first.needs_restart(second)

@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.parse
 
 import pytest
@@ -37,6 +36,7 @@ from tests.helpers import (
     modserver_command,
     needs_second_loopback,
     response,
+    timed,
     wait_for,
 )
 
@@ -52,12 +52,6 @@ linux_only = pytest.mark.skipif(
 
 def start(tmp_path, config, *args) -> ServerProcess:
     return ServerProcess(tmp_path, config, args).start()
-
-
-def timed(fn, *args, **kwargs):
-    started = time.monotonic()
-    result = fn(*args, **kwargs)
-    return result, time.monotonic() - started
 
 
 # 2. At the file limit ----------------------------------------------------------------------

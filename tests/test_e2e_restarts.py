@@ -8,11 +8,10 @@ once, every time.
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
-from tests.helpers import ServerProcess, call, kill_hard, response, wait_for
+from tests.helpers import ServerProcess, call, kill_hard, response, timed, wait_for
 
 pytestmark = pytest.mark.usefixtures("platform_mode")
 
@@ -22,12 +21,6 @@ LOOP = ["crash_soon", "CrashSoon", None]
 
 def start(tmp_path, config, *args) -> ServerProcess:
     return ServerProcess(tmp_path, config, args).start()
-
-
-def timed(fn, *args, **kwargs):
-    started = time.monotonic()
-    result = fn(*args, **kwargs)
-    return result, time.monotonic() - started
 
 
 def test_a_module_in_a_long_backoff_answers_at_once(tmp_path):
