@@ -202,6 +202,7 @@ class ConnectionLimits:
         self.per_address = per_address
         self.open = 0
         self.accepted = 0  # since the server started
+        self.refusing = 0  # refused connections being answered (not counted in ``open``)
         self._by_address: collections.Counter[str] = collections.Counter()
 
     def refusal(self, address: str) -> ReplyError | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import select
 import socket
 import ssl
@@ -109,22 +110,47 @@ def tls_context(ca: str = None, cert: str = None, key: str = None) -> ssl.SSLCon
     system's); with ``cert`` (and ``key``, unless the key is in ``cert``'s
     file) it shows a client certificate, as a server with mutual TLS asks.
     """
-    context = ssl.create_default_context(cafile=ca)
+    for what, path in (("CA", ca), ("certificate", cert), ("key", key)):
+        if path and not os.path.isfile(path):
+            raise ClientError("the TLS %s file %s does not exist" % (what, path))
+    try:
+        context = ssl.create_default_context(cafile=ca)
+    except ssl.SSLError as exc:
+        raise ClientError("%s holds no usable CA certificate: %s" % (ca, exc)) from None
     if cert:
-        context.load_cert_chain(cert, key)
+        try:
+            context.load_cert_chain(cert, key)
+        except ssl.SSLError as exc:
+            where = "%s and %s" % (cert, key) if key else cert
+            hint = "" if key else "; if its key is in a file of its own, give it with tls_key="
+            raise ClientError(
+                "cannot use the client certificate and key in %s: %s%s" % (where, exc, hint)
+            ) from None
     return context
+
+
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
+_NAME_MISMATCH = (62, 64)
 
 
 def _tls_failure(where: str, exc: ssl.SSLError) -> ConnectionFailed:
     """A TLS error as a reason people can act on."""
     if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code in _NAME_MISMATCH:
+            return ConnectionFailed(
+                "the TLS certificate of modserver at %s does not name that host (%s): "
+                "connect with a name or address the certificate was made for"
+                % (where, exc.verify_message)
+            )
         return ConnectionFailed(
             "the TLS certificate of modserver at %s is not trusted: %s (give the lab's CA "
             "with tls_ca= or --tls-ca)" % (where, exc.verify_message or exc)
         )
     reason = getattr(exc, "reason", None) or str(exc)
     hint = ""
-    if "CERTIFICATE" in reason.upper():
+    if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER_FAILURE" in reason:
+        hint = "; that port does not speak TLS (use the server's TLS port, or no TLS options)"
+    elif "CERTIFICATE" in reason.upper() or "UNKNOWN_CA" in reason:
         hint = (
             "; it accepts only clients with a certificate signed by its CA "
             "(tls_cert=/tls_key= or --tls-cert/--tls-key)"
@@ -166,6 +192,7 @@ class _Connection:
             self._start_tls(tls, host, timeout)
         self.timeout = timeout
         self._pending = b""
+        self._answered = False  # a reply came: the port speaks this protocol
 
     def _start_tls(self, tls: ssl.SSLContext, host: str, timeout: float) -> None:
         plain = self.sock
@@ -208,8 +235,11 @@ class _Connection:
                 data = self.sock.recv(1 << 20)
                 if not data:
                     raise ConnectionFailed(
-                        "modserver at %s closed the connection while %s" % (self.where, what)
+                        "modserver at %s closed the connection while %s%s"
+                        % (self.where, what, self._closed_hint())
                     )
+        except ConnectionFailed:
+            raise
         except socket.timeout:
             raise ReplyTimeout(
                 "no reply from modserver at %s within %g s while %s: the client's timeout, "
@@ -222,6 +252,7 @@ class _Connection:
             raise ConnectionFailed(
                 "lost the connection to modserver at %s while %s: %s" % (self.where, what, exc)
             ) from None
+        self._answered = True
         end = data.index(b"\n")
         chunks.append(data[:end])
         self._pending = data[end + 1 :]
@@ -229,6 +260,11 @@ class _Connection:
         if reply.get("error"):
             raise ServerError(str(reply.get("response")), reply.get("traceback") or "")
         return reply.get("response")
+
+    def _closed_hint(self) -> str:
+        if isinstance(self.sock, ssl.SSLSocket) or self._answered:
+            return ""
+        return " (if that port serves TLS, give the client TLS options: --tls-ca or tls_ca=)"
 
     def ask(self, message: dict, what: str, timeout: float = None):
         self.send(message)
@@ -730,7 +766,7 @@ def main(argv=None) -> int:
             tls_cert=options.tls_cert,
             tls_key=options.tls_key,
         )
-    except (OSError, ssl.SSLError) as exc:
+    except (ClientError, OSError, ssl.SSLError) as exc:
         sys.stderr.write("error: cannot use the TLS files given: %s\n" % exc)
         return EXIT_USAGE
     lab.timeout_option = CLI_TIMEOUT_OPTION

@@ -122,7 +122,7 @@ def perform(server, action: str, module: str | None, who: Identity) -> tuple[int
     by = f"the status page ({who})"
     if action == "reload-config":
         try:
-            server.reload_config()
+            server.reload_config(by=by)
         except ReplyError as err:
             return 409, err.reason
         return 200, "Reloaded config"

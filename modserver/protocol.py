@@ -86,6 +86,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._handshake_done = False
         self._seen_line = False
         self.closed = None  # called once when the connection is gone (its limit slot)
+        self.mutual_tls = False  # on an mtls: listener, where clients show certificates
         self._probe = None  # the timer checking a half-closed plain client is still there
 
     # Connection ---------------------------------------------------------
@@ -100,7 +101,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._call_meta = json.dumps({"client": self.client_ip}).encode("utf-8") + b"\n"
         access = self.server.access
         self._admitted = access.admits(self.identity)
-        if self._admitted or access.admits_certificates:
+        if self._admitted or (access.admits_certificates and self.mutual_tls):
             self._idle(self.settings.idle_timeout)
         else:
             self._refuse_from_now()
@@ -138,7 +139,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             self.server.refused(
                 self.identity,
                 "tls",
-                f"{self.identity} failed the TLS handshake ({reason.getErrorMessage()})",
+                f"{self.identity} failed the TLS handshake ({tls_reason(reason.value)})",
             )
 
     def readConnectionLost(self) -> None:
@@ -301,13 +302,13 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._waiting = True
         if not module:
             try:
-                self.server.reload_config()
+                self.server.reload_config(by=str(self.identity))
             except ReplyError as err:
                 self._fail(err, plain)
             else:
                 self._answer("Reloaded config", plain)
             return
-        waiting = self.server.reload_module(module)
+        waiting = self.server.reload_module(module, by=str(self.identity))
         if waiting is None:
             self._answer(f'Failed to find module "{module}"', plain)
             return
@@ -487,6 +488,14 @@ def _tls_failure(reason) -> bool:
     return reason is not None and reason.check(SSL.Error) is not None
 
 
+def tls_reason(error) -> str:
+    """OpenSSL's reasons in a TLS error, for people: "certificate verify failed"."""
+    details = error.args[0] if error.args else None
+    if isinstance(details, list) and details and all(isinstance(d, tuple) for d in details):
+        return "; ".join(str(d[-1]) for d in details)
+    return str(error)
+
+
 def certificate_cn(certificate) -> str | None:
     """The subject CN of a peer's certificate (pyOpenSSL's X509), or None."""
     if certificate is None:
@@ -506,9 +515,9 @@ class ClientFactory(protocol.ServerFactory):
 
     noisy = False
 
-    def __init__(self, server: ModServer) -> None:
+    def __init__(self, server: ModServer, mutual_tls: bool = False) -> None:
         self.server = server
-        self.refusing = 0
+        self.mutual_tls = mutual_tls  # its listener asks clients for certificates
 
     def buildProtocol(self, addr):
         limits = self.server.connections
@@ -518,7 +527,8 @@ class ClientFactory(protocol.ServerFactory):
             limits.opened(where)
             proto = ClientProtocol(self.server)
             proto.closed = functools.partial(limits.closed, where)
-        elif self.refusing < REFUSING_AT_ONCE:
+            proto.mutual_tls = self.mutual_tls
+        elif limits.refusing < REFUSING_AT_ONCE:
             self.server.refused(Identity.of(where), "connections", refusal.message)
             proto = Refusal(refusal, self)
         else:
@@ -555,7 +565,7 @@ class Refusal(protocol.Protocol):
 
     def connectionMade(self) -> None:
         """Answer, URL-encoded (the client has said nothing yet), and stop sending."""
-        self.factory.refusing += 1
+        self.factory.server.connections.refusing += 1
         self.transport.write(self.error.line(plain=False))
         half_close = getattr(self.transport, "loseWriteConnection", None)
         if half_close is None:
@@ -577,6 +587,6 @@ class Refusal(protocol.Protocol):
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         """Gone: one refusal less under way."""
-        self.factory.refusing -= 1
+        self.factory.server.connections.refusing -= 1
         if self._timer is not None and self._timer.active():
             self._timer.cancel()

@@ -17,7 +17,7 @@ from modserver.admission import ByteBudget, ConnectionLimits, connection_limit
 from modserver.announce import Announcer, BoundPort
 from modserver.config import Config, ConfigError, read_config
 from modserver.errors import ReplyError
-from modserver.listeners import Listener
+from modserver.listeners import Listener, security
 from modserver.protocol import ClientFactory
 from modserver.refusals import RefusalTally
 from modserver.supervisor import ModuleSupervisor, WorkerSettings
@@ -110,11 +110,15 @@ class ModServer(service.MultiService):
         self.connections = ConnectionLimits(
             self._connection_limit(len(config.modules)), settings.max_connections_per_address
         )
-        self.factory = ClientFactory(self)
         # Not child services: they must listen before anything else starts,
         # and exactly once under both twistd and twist (see _listen).
         self._listeners = [
-            Listener("clients", description, self.factory, reactor)
+            Listener(
+                "clients",
+                description,
+                ClientFactory(self, mutual_tls=security(description) == "mutual TLS"),
+                reactor,
+            )
             for description in settings.listen
         ]
         if settings.http is not None:
@@ -258,16 +262,18 @@ class ModServer(service.MultiService):
         return f"Available modules: {names}\n\n{HELP_TEXT}"
 
     def refused(self, who: Identity, what: str, reason: str) -> None:
-        """Log a refusal: the first of its kind from ``who`` now, the rest counted."""
-        if self.refusals.refused(str(who), what, reason, self.reactor.seconds()):
-            self.log.warn("Refused: {reason}", client=str(who), reason=reason)
+        """Log a refusal (of ``what``: the server, a module, ...): the first one
+        for ``who`` with this reason now, the same ones later counted."""
+        if self.refusals.refused(str(who), reason, reason, self.reactor.seconds()):
+            self.log.warn("Refused: {reason}", client=str(who), refused=what, reason=reason)
 
     def _log_refusal_counts(self) -> None:
         for client, reason, count, seconds in self.refusals.due(self.reactor.seconds()):
             self.log.warn(
-                "Refused {client} {count} more times in the last {seconds:.0f} s: {reason}",
+                "Refused {client} {count} more {times} in the last {seconds:.0f} s: {reason}",
                 client=client,
                 count=count,
+                times="time" if count == 1 else "times",
                 seconds=seconds,
                 reason=reason,
             )
@@ -306,8 +312,11 @@ class ModServer(service.MultiService):
         snapshot["log"] = self.log_tail.lines(name)
         return snapshot
 
-    def reload_config(self) -> None:
-        """Re-read the config file and apply it; ReplyError if it cannot be read."""
+    def reload_config(self, by: str | None = None) -> None:
+        """Re-read the config file and apply it (asked ``by`` someone, or on a change
+        or a signal); ReplyError if it cannot be read."""
+        if by is not None:
+            self.log.info("Config re-read, requested by {by}", by=by)
         try:
             config = read_config(self.config.path)
         except ConfigError as exc:

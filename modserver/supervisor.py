@@ -374,7 +374,7 @@ class ModuleSupervisor:
         self.access.info(
             "{client} {function}() {outcome} in {ms:.1f} ms",
             module=self.name,
-            client=call.client_ip,
+            client=call.client or call.client_ip,  # with its certificate's CN, if it has one
             function=call.function,
             outcome=outcome,
             ms=(now - received) * 1000,

@@ -45,11 +45,14 @@ _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 def size(text: str) -> int:
     """A byte count such as ``16777216``, ``64M`` or ``1G``."""
-    text = text.strip().upper().removesuffix("B")
-    unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
-    value = float(text[: len(text) - len(unit)])
-    if value <= 0:
-        raise ValueError("must be positive")
+    unsuffixed = text.strip().upper().removesuffix("B")
+    unit = unsuffixed[-1:] if unsuffixed[-1:] in _SIZE_UNITS else ""
+    try:
+        value = float(unsuffixed[: len(unsuffixed) - len(unit)])
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise ValueError(f"{text!r} is not a byte count (such as 16777216, 64M or 1G)")
     return int(value * _SIZE_UNITS[unit])
 
 
@@ -57,17 +60,50 @@ size.coerceDoc = "A byte count; K, M and G suffixes allowed."
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise ValueError("must be a whole number of at least 1")
+        raise ValueError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"{text!r} is not a whole number of at least 0")
     return value
 
 
 def seconds(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise ValueError("must be a positive number of seconds")
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not (value > 0 and value != float("inf")):
+        raise ValueError(f"{text!r} is not a positive number of seconds")
     return value
+
+
+def _named(parameter: list) -> list:
+    """An optParameters entry whose coerce function names the option in its error
+    (usage.Options says only "Parameter type enforcement failed")."""
+    if len(parameter) < 5:
+        return parameter
+    name, coerce = parameter[0], parameter[4]
+
+    def named(text: str):
+        try:
+            return coerce(text)
+        except ValueError as exc:
+            raise ValueError(f"--{name}: {exc}") from None
+
+    named.coerceDoc = getattr(coerce, "coerceDoc", None)
+    return [*parameter[:4], named]
 
 
 def _help(text: str):
@@ -108,7 +144,12 @@ class Options(usage.Options):
             f"{DEFAULT_INTERFACE}; 0.0.0.0 for every interface).",
         ],
         ["name", None, "modserver", "This server's name, shown by _status."],
-        ["log-level", None, "info", "Lowest level logged: debug, info, warn, error."],
+        [
+            "log-level",
+            None,
+            "info",
+            "Lowest level logged: debug, info, warn (or warning), error, critical.",
+        ],
         [
             "keepalive-timeout",
             None,
@@ -130,7 +171,7 @@ class Options(usage.Options):
             None,
             None,
             "Request bytes held in memory at once (lines being received and requests "
-            "waiting); more get Busy (default: 128M, or twice --max-request if larger).",
+            "waiting); more get Busy (default: 128M, or twice --max-request if larger)",
             size,
         ],
         [
@@ -156,7 +197,7 @@ class Options(usage.Options):
             "twisted.logger.eventsFromJSONLogFile or jq --seq).",
         ],
         ["json-log-size", None, 10 * 1024**2, "Rotate the JSON log at this size.", size],
-        ["json-log-count", None, 5, "How many rotated JSON log files to keep.", int],
+        ["json-log-count", None, 5, "How many rotated JSON log files to keep.", count],
         [
             "http",
             None,
@@ -188,6 +229,8 @@ class Options(usage.Options):
             seconds,
         ],
     ]
+
+    optParameters = [_named(parameter) for parameter in optParameters]
 
     optFlags = [
         ["no-access-log", None, "Do not log a line for every call."],
@@ -222,9 +265,9 @@ class Options(usage.Options):
         self["allow"].append(rule)
 
     @_help(
-        "Administrators (repeatable; as --allow, plus cn:NAME for a client "
-        "certificate's CN over mutual TLS): they may reload modules, re-read the "
-        "config, and end a worker with a request's timeout. Default: loopback"
+        "Administrators (repeatable; the same rules as --allow, cn:NAME naming a "
+        "client certificate's CN over mutual TLS): they may reload modules, re-read "
+        "the config, and end a worker with a request's timeout. Default: loopback"
     )
     def opt_admin_allow(self, rule: str) -> None:
         self["admin-allow"].append(rule)
@@ -270,6 +313,11 @@ class Options(usage.Options):
         if self["port"] is not None or self["interface"] is not None:
             port = self["port"] if self["port"] is not None else DEFAULT_PORT
             interface = self["interface"] or DEFAULT_INTERFACE
+            if interface.count(":") == 1:  # 0.0.0.0:36577: a port where an address goes
+                raise usage.UsageError(
+                    f"--interface takes an address only, not {interface!r}: give the port "
+                    "with --port (as in --interface 0.0.0.0 --port 36577)"
+                )
             if interface == "localhost":
                 interface = "127.0.0.1"
             self["listen"].append(f"tcp:{port}:interface={interface.replace(':', chr(92) + ':')}")

@@ -23,7 +23,7 @@ import trustme
 from twisted.internet import defer, reactor
 
 from modserver.async_client import AsyncClient
-from modserver.client import Client, ConnectionFailed, ServerError
+from modserver.client import Client, ClientError, ConnectionFailed, ServerError
 from tests.helpers import (
     Relay,
     ServerProcess,
@@ -509,3 +509,30 @@ def test_the_documented_recipe_and_lab_configuration_work(tmp_path):
         assert call(srv.port, "basic", "add", 2, 3, source=OTHER)["response"].startswith(
             "Forbidden: 127.0.0.2 may not use this server"
         )
+
+
+def test_tls_mistakes_say_what_to_do(tmp_path, pki):
+    with start(tmp_path, {"basic": BASIC}, *mtls_listen(pki)) as srv:
+        port = tls_port(srv, "mutual TLS")
+        with pytest.raises(ConnectionFailed, match="if that port serves TLS, give the client TLS"):
+            Client("127.0.0.1", port, timeout=10).get_modules()  # plain, to the TLS port
+        with pytest.raises(ConnectionFailed, match="that port does not speak TLS"):
+            tls_client(srv.port, pki, "alice").get_modules()  # TLS, to the plain port
+    cert, _ = pki.clients["alice"]
+    with pytest.raises(ClientError, match="the TLS key file .*nope.key does not exist"):
+        Client(
+            "127.0.0.1", tls_ca=str(pki.ca), tls_cert=str(cert), tls_key=str(tmp_path / "nope.key")
+        )
+    with pytest.raises(ClientError, match="give it with tls_key="):
+        Client("127.0.0.1", tls_ca=str(pki.ca), tls_cert=str(cert))  # its key is elsewhere
+
+
+def test_a_certificate_for_another_name_is_said_so():
+    from modserver.client import _tls_failure
+
+    error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    error.verify_code = 62  # X509_V_ERR_HOSTNAME_MISMATCH
+    error.verify_message = "Hostname mismatch, certificate is not valid for 'vm'."
+    assert str(_tls_failure("vm:36578", error)).startswith(
+        "the TLS certificate of modserver at vm:36578 does not name that host"
+    )

@@ -73,11 +73,13 @@ class FakeServer:
     def refused(self, who, what, reason):
         self.refusals.append((str(who), what, reason))
 
-    def reload_config(self):
+    def reload_config(self, by=None):
+        self.reloaded_by = by
         if self.config_error:
             raise self.config_error
 
-    def reload_module(self, name):
+    def reload_module(self, name, by="a client"):
+        self.reloaded_by = by
         if name not in self.modules:
             return None
         waiting = defer.Deferred()
@@ -88,9 +90,10 @@ class FakeServer:
 class Client:
     """A connected ClientProtocol and what it wrote."""
 
-    def __init__(self, server=None):
+    def __init__(self, server=None, mutual_tls=False):
         self.server = server or FakeServer()
         self.protocol = ClientProtocol(self.server)
+        self.protocol.mutual_tls = mutual_tls
         self.transport = StringTransport(peerAddress=address.IPv4Address("TCP", "10.1.2.3", 5555))
         self.protocol.makeConnection(self.transport)
 
@@ -411,13 +414,22 @@ def test_a_certificate_cn_opens_a_module_that_names_it():
 
 def test_allow_cn_admits_a_client_by_its_certificate_and_refuses_one_without():
     server = FakeServer(allow=("192.168.0.0/16", "cn:*"))
-    client = Client(server)
+    client = Client(server, mutual_tls=True)
     shows_certificate(client)
     client.send({"name": "laser"})
     assert client.replies()[0]["response"] == "ack"
-    client = Client(server)
+    client = Client(server, mutual_tls=True)
     client.send({"name": "laser"})
     assert client.replies()[0]["response"].startswith("Forbidden: 10.1.2.3 may not use this server")
+
+
+def test_allow_cn_does_not_hold_the_door_open_on_a_listener_without_certificates():
+    server = FakeServer(allow=("192.168.0.0/16", "cn:*"))
+    client = Client(server, mutual_tls=False)  # plain TCP: no certificate can come
+    server.reactor.advance(5.0)
+    [answer] = client.replies(plain=False)
+    assert answer["response"].startswith("Forbidden: 10.1.2.3 may not use this server")
+    assert client.closed
 
 
 def test_get_modules_help_and_status_list_only_the_modules_the_client_may_use():
@@ -576,3 +588,23 @@ def test_a_half_closed_plain_client_is_checked_while_its_request_waits():
     reply(call, line=b'{"response": 1, "error": false, "traceback": ""}\n')
     *_, last = client.transport.value().split(b"\n")[:-1]
     assert json.loads(last) == {"response": 1, "error": False, "traceback": ""}
+
+
+def test_reloads_say_who_asked():
+    server = FakeServer()
+    client = Client(server)
+    shows_certificate(client)
+    client.send({"name": "_reload_"})
+    assert server.reloaded_by == "10.1.2.3 (cn=alice)"
+    Client(server).send({"name": "_reload_laser"})
+    assert server.reloaded_by == "10.1.2.3"
+
+
+def test_calls_carry_who_asked_with_the_certificate_name():
+    server = FakeServer()
+    client = Client(server, mutual_tls=True)
+    shows_certificate(client)
+    client.send({"name": "laser"})
+    client.send({"function": "move"})
+    [call] = server.modules["laser"].submitted
+    assert (call.client, call.client_ip) == ("10.1.2.3 (cn=alice)", "10.1.2.3")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -131,3 +132,18 @@ def test_announce_without_zeroconf_exits_saying_what_to_install(tmp_path, monkey
     )
     no_announce = tap.makeService(options("--config", str(config)), FakeReactor())
     assert no_announce.settings.announce is None  # the default carries on without it
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (("--stop-grace", "0"), "--stop-grace: '0' is not a positive number of seconds"),
+        (("--max-request", "10Q"), "--max-request: '10Q' is not a byte count"),
+        (("--max-connections", "abc"), "--max-connections: 'abc' is not a whole number"),
+        (("--json-log-count", "-1"), "--json-log-count: '-1' is not a whole number of at least 0"),
+        (("--interface", "0.0.0.0:36577"), "give the port with --port"),
+    ],
+)
+def test_a_bad_option_value_names_the_option(argv, message):
+    with pytest.raises(usage.UsageError, match=re.escape(message)):
+        options(*argv)
