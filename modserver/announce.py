@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 import modserver
 from modserver import discovery, logs
 from modserver.client import DEFAULT_PORT
+from modserver.listeners import security
 
 # Records live this long in other computers' caches (RFC 6762 suggests 75
 # minutes for most): a server that dies without withdrawing drops out of
@@ -32,7 +33,6 @@ from modserver.client import DEFAULT_PORT
 TTL = 120
 # Stopping waits at most this long for the announcement to be withdrawn.
 WITHDRAW_TIMEOUT = 3.0
-TLS_PREFIXES = ("ssl:", "mtls:")
 WILDCARD_V4 = ("", "0.0.0.0")
 WILDCARD_V6 = "::"
 MAX_LABEL = 63  # bytes in one DNS label (the instance name is one)
@@ -53,7 +53,7 @@ class BoundPort:
 
     @property
     def tls(self) -> bool:
-        return self.description.startswith(TLS_PREFIXES)
+        return bool(security(self.description))
 
     @property
     def reachable(self) -> bool:

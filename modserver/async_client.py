@@ -27,7 +27,7 @@ import collections
 import functools
 import json
 
-from twisted.internet import defer, endpoints, error, threads
+from twisted.internet import defer, endpoints, error, ssl, threads
 from twisted.internet.protocol import Factory
 
 from modserver import wire
@@ -39,9 +39,10 @@ from modserver.client import (
     ConnectionFailed,
     ReplyTimeout,
     ServerError,
+    client_tls,
     load_discovery,
-    tls_context,
 )
+from modserver.endpoints import is_tls_error, pem_certificates, tls_reason
 from modserver.lines import ChunkedLineReceiver
 
 # What sets the client's timeout, named in its ReplyTimeout messages.
@@ -93,18 +94,10 @@ class _LineClient(ChunkedLineReceiver):
         self.lost = True
         waiting, self.waiting = self.waiting, collections.deque()
         why = "the server closed the connection before replying"
-        if reason is not None and _is_tls_error(reason):
-            why = f"the TLS connection failed: {reason.getErrorMessage()}"
+        if is_tls_error(reason):
+            why = f"the TLS connection failed: {tls_reason(reason.value)}"
         for each in waiting:
             each.errback(ConnectionFailed(why))
-
-
-def _is_tls_error(reason) -> bool:
-    try:
-        from OpenSSL import SSL
-    except ImportError:
-        return False
-    return reason.check(SSL.Error) is not None
 
 
 def _read(path: str) -> bytes:
@@ -118,10 +111,6 @@ def _read(path: str) -> bytes:
 def tls_options(host: str, ca: str | None = None, cert: str | None = None, key: str | None = None):
     """Twisted TLS options that verify the server ``host`` against ``ca`` (else the
     system's CAs) and show the client certificate ``cert`` (with ``key``) if given."""
-    from twisted.internet import ssl
-
-    from modserver.endpoints import pem_certificates
-
     trust = ssl.platformTrust()
     if ca:
         trust = ssl.trustRootFromCertificates(pem_certificates(_read(ca), ca))
@@ -307,7 +296,7 @@ class AsyncLab:
         self.reactor = reactor
         # With TLS files, servers are asked and called over their TLS ports.
         self._tls_files = {"tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key}
-        self._tls = tls_context(tls_ca, tls_cert, tls_key) if tls_ca or tls_cert else None
+        self._tls = client_tls(None, tls_ca, tls_cert, tls_key)
         self._finder = None
 
     def _in_thread(self, function, *args) -> defer.Deferred:

@@ -129,6 +129,15 @@ def tls_context(ca: str = None, cert: str = None, key: str = None) -> ssl.SSLCon
     return context
 
 
+def client_tls(tls=None, ca: str = None, cert: str = None, key: str = None):
+    """The SSLContext that Client's TLS arguments ask for, or None for plain TCP."""
+    if isinstance(tls, ssl.SSLContext):
+        return tls
+    if tls or ca or cert:
+        return tls_context(ca, cert, key)
+    return None
+
+
 # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
 _NAME_MISMATCH = (62, 64)
 
@@ -322,12 +331,7 @@ class Client:
         self.host = host
         self.port = port
         self.timeout = timeout
-        if isinstance(tls, ssl.SSLContext):
-            self.tls = tls
-        elif tls or tls_ca or tls_cert:
-            self.tls = tls_context(tls_ca, tls_cert, tls_key)
-        else:
-            self.tls = None
+        self.tls = client_tls(tls, tls_ca, tls_cert, tls_key)
 
     def __repr__(self) -> str:
         tls = ", tls=True" if self.tls is not None else ""
@@ -530,7 +534,7 @@ class Lab:
         self.timeout = timeout
         self.wait = discovery.DEFAULT_WAIT if wait is None else wait
         # With TLS files (as Client takes them), servers are used over their TLS ports.
-        self.tls = Client("", tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key).tls
+        self.tls = client_tls(tls, tls_ca, tls_cert, tls_key)
         self._finder = discovery.Finder(self.wait, timeout, tls=self.tls)
 
     def client(self, module: str) -> Client:

@@ -13,6 +13,7 @@ and needs nothing beyond the standard library and zeroconf.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import threading
 import time
@@ -432,8 +433,8 @@ class Finder:
         self._lock = threading.Lock()
         self._answers = {}
         self._generation = 0  # counts network changes: an answer older than one is stale
-        self._survey = survey
-        self.tls = tls  # an ssl.SSLContext: ask servers over their TLS ports
+        # With an ssl.SSLContext, servers are asked over their TLS ports.
+        self._survey = functools.partial(survey, tls=tls) if tls is not None else survey
         self._browser = browser if browser is not None else Browser(on_change=self._changed)
 
     def _changed(self, full_name: str, gone: bool) -> None:
@@ -462,10 +463,7 @@ class Finder:
     def servers(self) -> list:
         """Every server announced now, with its modules."""
         self._browser.settle(self.wait)
-        servers = self._browser.servers(self.timeout)
-        if self.tls is None:
-            return self._survey(servers, self.timeout)
-        return self._survey(servers, self.timeout, self.tls)
+        return self._survey(self._browser.servers(self.timeout), self.timeout)
 
     def close(self) -> None:
         self._browser.close()

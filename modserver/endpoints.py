@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import re
 
-from twisted.internet import endpoints
+from OpenSSL import SSL
+from twisted.internet import endpoints, ssl
 from twisted.internet.interfaces import IStreamServerEndpointStringParser
 from twisted.plugin import IPlugin
 from zope.interface import implementer
@@ -48,8 +49,6 @@ def _read(path: str, what: str) -> bytes:
 
 def pem_certificates(data: bytes, path: str) -> list:
     """The certificates in PEM ``data`` (read from ``path``), as Twisted Certificates."""
-    from twisted.internet import ssl
-
     found = [ssl.Certificate.loadPEM(block) for block in _PEM_CERTIFICATE.findall(data)]
     if not found:
         raise ValueError(f"{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
@@ -58,11 +57,6 @@ def pem_certificates(data: bytes, path: str) -> list:
 
 def certificate_options(cert_path: str, key_path: str, ca_path: str, chain_path: str | None = None):
     """Twisted's CertificateOptions for a server that requires client certificates."""
-    try:
-        from twisted.internet import ssl
-    except ImportError as exc:  # pragma: no cover - pyOpenSSL is a dependency
-        raise ValueError(f"TLS needs pyOpenSSL ({exc}); pip install 'twisted[tls]'") from None
-
     cert_data = _read(cert_path, "certKey")
     key_data = cert_data if key_path == cert_path else _read(key_path, "privateKey")
     try:
@@ -80,6 +74,19 @@ def certificate_options(cert_path: str, key_path: str, ca_path: str, chain_path:
         extraCertChain=chain or None,
         trustRoot=ssl.trustRootFromCertificates(authorities),
     )
+
+
+def is_tls_error(failure) -> bool:
+    """True if a connection ended on a TLS error (a refused handshake, say)."""
+    return failure is not None and failure.check(SSL.Error) is not None
+
+
+def tls_reason(error) -> str:
+    """OpenSSL's reasons in a TLS error, for people: "certificate verify failed"."""
+    details = error.args[0] if error.args else None
+    if isinstance(details, list) and details and all(isinstance(d, tuple) for d in details):
+        return "; ".join(str(d[-1]) for d in details)
+    return str(error)
 
 
 @implementer(IPlugin, IStreamServerEndpointStringParser)

@@ -13,7 +13,14 @@ import math
 from dataclasses import dataclass
 
 from modserver import wire
-from modserver.errors import bad_request
+from modserver.errors import ReplyError, bad_request
+
+
+class NotJSON(ReplyError):
+    """A line whose text is not JSON at all (as opposed to JSON nested too deeply)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("BadRequest", message)
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,7 @@ def decode(line: bytes, plain: bool) -> tuple[object, bytes | str]:
     except RecursionError:
         raise bad_request("the message is nested too deeply to be read") from None
     except ValueError as exc:  # also UnicodeDecodeError, and too many digits
-        raise bad_request(f"message is not valid JSON: {exc}") from None
+        raise NotJSON(f"message is not valid JSON: {exc}") from None
 
 
 def hello_name(message) -> str | None:

@@ -79,7 +79,7 @@ class ServerCollector(Collector):
         )
         restarts = CounterMetricFamily(
             "modserver_worker_restarts",
-            "Workers replaced, by module and cause (died, timeout, reload, files, config).",
+            "Workers replaced, by module and cause (died, spawn, timeout, reload, files, config).",
             labels=["module", "cause"],
         )
         up = GaugeMetricFamily(

@@ -19,6 +19,7 @@ from modserver import messages, wire
 from modserver.access import Identity
 from modserver.admission import REFUSING_AT_ONCE
 from modserver.calls import Call, CallSink
+from modserver.endpoints import is_tls_error, tls_reason
 from modserver.errors import ReplyError, bad_request
 from modserver.lines import ChunkedLineReceiver
 from modserver.supervisor import LoadFailed
@@ -134,7 +135,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         closed, self.closed = self.closed, None
         if closed is not None:
             closed()
-        if not self._handshake_done and _tls_failure(reason):
+        if not self._handshake_done and is_tls_error(reason):
             # Over mutual TLS, a client without an accepted certificate ends here.
             self.server.refused(
                 self.identity,
@@ -205,7 +206,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
 
     def _not_a_message(self, line: bytes, plain: bool, err: ReplyError) -> None:
         """A line that does not decode: someone at a terminal gets a plain reply."""
-        if plain or wire.looks_url_encoded(line) or not err.message.startswith("message is not"):
+        if plain or wire.looks_url_encoded(line) or not isinstance(err, messages.NotJSON):
             self._fail(err, plain)
             return
         shown = line[:60].decode("utf-8", "replace") + ("..." if len(line) > 60 else "")
@@ -477,23 +478,6 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-
-
-def _tls_failure(reason) -> bool:
-    """True if the connection ended on a TLS error (a refused handshake)."""
-    try:
-        from OpenSSL import SSL
-    except ImportError:
-        return False
-    return reason is not None and reason.check(SSL.Error) is not None
-
-
-def tls_reason(error) -> str:
-    """OpenSSL's reasons in a TLS error, for people: "certificate verify failed"."""
-    details = error.args[0] if error.args else None
-    if isinstance(details, list) and details and all(isinstance(d, tuple) for d in details):
-        return "; ".join(str(d[-1]) for d in details)
-    return str(error)
 
 
 def certificate_cn(certificate) -> str | None:

@@ -2,7 +2,7 @@
 
 A client that is refused once is worth a log line; one that retries in a
 loop (a script on a PC that is not allowed, a port scanner) must not fill
-the log.  ``RefusalTally`` says when to log: the first refusal of a kind
+the log.  ``RefusalTally`` says when to log: the first refusal for a reason
 from an address at once, the rest counted and reported as one line when
 the interval ends.
 """
@@ -14,17 +14,16 @@ from dataclasses import dataclass
 # Seconds between two lines about the same client and the same refusal.
 INTERVAL = 60.0
 
-# Distinct (client, refusal) pairs tracked at once; more are counted together,
+# Distinct (client, reason) pairs tracked at once; more are counted together,
 # so a flood from many addresses cannot grow the server's memory.
 MAX_TRACKED = 4096
-OTHERS = ("other clients", "")
+OTHERS = ("other clients", "refused")
 
 
 @dataclass
 class _Entry:
     since: float
-    reason: str
-    count: int = 0
+    count: int = 0  # refusals since ``since`` not logged yet
 
 
 class RefusalTally:
@@ -35,18 +34,15 @@ class RefusalTally:
         self.max_tracked = max_tracked
         self._entries: dict[tuple[str, str], _Entry] = {}
 
-    def refused(self, client: str, kind: str, reason: str, now: float) -> bool:
-        """Count one refusal of ``kind`` for ``client``; True if it should be logged now."""
-        key = (client, kind)
+    def refused(self, client: str, reason: str, now: float) -> bool:
+        """Count one refusal of ``client`` for ``reason``; True if it should be logged now."""
+        key = (client, reason)
+        if key not in self._entries and len(self._entries) >= self.max_tracked:
+            key = OTHERS  # past the bound: counted, never logged one by one
         entry = self._entries.get(key)
-        if entry is None and len(self._entries) >= self.max_tracked:
-            key, entry = OTHERS, self._entries.get(OTHERS)
-        if entry is None and key == OTHERS:
-            self._entries[key] = _Entry(now, "refused", count=1)
-            return False
         if entry is None:
-            self._entries[key] = _Entry(now, reason)
-            return True
+            self._entries[key] = _Entry(now, count=1 if key == OTHERS else 0)
+            return key != OTHERS
         entry.count += 1
         return False
 
@@ -54,11 +50,11 @@ class RefusalTally:
         """``(client, reason, count, seconds)`` for each interval that ended with refusals
         not yet logged; those clients are logged at once when next refused."""
         lines = []
-        for key, entry in list(self._entries.items()):
+        for (client, reason), entry in list(self._entries.items()):
             if now - entry.since >= self.interval:
-                del self._entries[key]
+                del self._entries[client, reason]
                 if entry.count:
-                    lines.append((key[0], entry.reason, entry.count, now - entry.since))
+                    lines.append((client, reason, entry.count, now - entry.since))
         return lines
 
     def __len__(self) -> int:

@@ -264,7 +264,7 @@ class ModServer(service.MultiService):
     def refused(self, who: Identity, what: str, reason: str) -> None:
         """Log a refusal (of ``what``: the server, a module, ...): the first one
         for ``who`` with this reason now, the same ones later counted."""
-        if self.refusals.refused(str(who), reason, reason, self.reactor.seconds()):
+        if self.refusals.refused(str(who), reason, self.reactor.seconds()):
             self.log.warn("Refused: {reason}", client=str(who), refused=what, reason=reason)
 
     def _log_refusal_counts(self) -> None:

@@ -515,14 +515,14 @@ class ModuleSupervisor:
             reason=exc,
             delay=delay,
         )
-        self.load_error = ReplyError(
-            "Unavailable",
-            f"{self.name} cannot start its worker now ({exc.strerror or exc}); "
-            f"retrying in {delay:g} s",
-        )
         self._set_state(State.BACKOFF)
-        self._fail_waiting(self.load_error)
-        self._fail_ready_waiters(self.load_error)
+        self._cannot_load(
+            ReplyError(
+                "Unavailable",
+                f"{self.name} cannot start its worker now ({exc.strerror or exc}); "
+                f"retrying in {delay:g} s",
+            )
+        )
         self._restart_in(delay)
 
     def _worker_ready(self, info: dict) -> None:
@@ -556,7 +556,6 @@ class ModuleSupervisor:
         self.files = {path: bytes.fromhex(digest) for path, digest in info.get("files", [])}
 
     def _load_failed(self, err: ReplyError) -> None:
-        self.load_error = err
         if self.state is not State.FAILED:
             self._set_state(State.FAILED)
         self.log.error(
@@ -565,6 +564,11 @@ class ModuleSupervisor:
             reason=err.reason,
             traceback=err.traceback,
         )
+        self._cannot_load(err)
+
+    def _cannot_load(self, err: ReplyError) -> None:
+        """No worker to serve: ``err`` answers hellos, waiting calls and reloads."""
+        self.load_error = err
         self._fail_waiting(err)
         self._fail_ready_waiters(err)
 
@@ -743,14 +747,14 @@ class ModuleSupervisor:
         self._death = f"The last worker ended: {description}.\n{self._tail_text()}"
         self._set_state(State.BACKOFF)
         if loading:
-            err = ReplyError(
-                "WorkerDied",
-                f"the worker of {self.name} died while loading ({description}); retrying {when}",
-                self._tail_text(),
+            self._cannot_load(
+                ReplyError(
+                    "WorkerDied",
+                    f"the worker of {self.name} died while loading ({description}); "
+                    f"retrying {when}",
+                    self._tail_text(),
+                )
             )
-            self.load_error = err
-            self._fail_waiting(err)
-            self._fail_ready_waiters(err)
         else:
             refusal = backoff_refusal(self.name, self._policy.crashes, delay, self._death)
             if refusal is not None:

@@ -136,21 +136,19 @@ def test_identities_print_as_people_read_them():
 
 def test_refusals_are_logged_once_per_client_and_interval_with_a_count():
     tally = RefusalTally(interval=60.0)
-    assert tally.refused("10.0.0.9", "server", "may not use this server", now=0.0)
+    assert tally.refused("10.0.0.9", "may not use this server", now=0.0)
     for second in range(1, 40):
-        assert not tally.refused("10.0.0.9", "server", "may not use this server", now=second)
-    assert tally.refused("10.0.0.8", "server", "may not use this server", now=5.0)
+        assert not tally.refused("10.0.0.9", "may not use this server", now=second)
+    assert tally.refused("10.0.0.8", "may not use this server", now=5.0)
     assert tally.due(59.0) == []
     assert tally.due(60.0) == [("10.0.0.9", "may not use this server", 39, 60.0)]
     assert tally.due(65.0) == []  # 10.0.0.8 was refused once: already logged
-    assert tally.refused("10.0.0.9", "server", "may not use this server", now=61.0)
+    assert tally.refused("10.0.0.9", "may not use this server", now=61.0)
 
 
 def test_a_flood_from_many_addresses_is_counted_in_bounded_memory():
     tally = RefusalTally(interval=60.0, max_tracked=10)
-    logged = sum(
-        tally.refused(f"10.0.{i // 256}.{i % 256}", "server", "no", 0.0) for i in range(5000)
-    )
+    logged = sum(tally.refused(f"10.0.{i // 256}.{i % 256}", "no", 0.0) for i in range(5000))
     assert logged == 10 and len(tally) == 11  # ten clients, and one line for the rest
     assert tally.due(60.0)[-1][:3] == ("other clients", "refused", 4990)
 
