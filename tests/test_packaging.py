@@ -100,3 +100,29 @@ def test_plugin_is_found_by_this_environment(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "--config" in result.stdout and "--listen" in result.stdout
+
+
+def _allowed_twisted(environment: dict) -> list:
+    """Whether each Twisted release is allowed by our dependencies there."""
+    from importlib.metadata import requires
+
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+
+    where = {**default_environment(), **environment, "extra": ""}
+    wanted = [Requirement(text) for text in requires("modserver")]
+    wanted = [r for r in wanted if r.name == "twisted" and (not r.marker or r.marker.evaluate(where))]
+    assert wanted
+    return [v for v in ("24.3.0", "25.5.0", "26.4.0", "26.10.0") if all(v in r.specifier for r in wanted)]
+
+
+def test_windows_python_312_never_gets_the_twisted_whose_twistd_does_not_start():
+    # Twisted 26.10.0's filepath imports PureWindowsPath for Python <= 3.12.0
+    # only and uses it on every 3.12: twistd fails at start on Windows.
+    windows_312 = {"sys_platform": "win32", "python_version": "3.12", "os_name": "nt"}
+    assert _allowed_twisted(windows_312) == ["24.3.0", "25.5.0", "26.4.0"]
+    for elsewhere in (
+        {"sys_platform": "win32", "python_version": "3.13", "os_name": "nt"},
+        {"sys_platform": "linux", "python_version": "3.12", "os_name": "posix"},
+    ):
+        assert "26.10.0" in _allowed_twisted(elsewhere)
