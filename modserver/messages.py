@@ -55,6 +55,8 @@ def hello_name(message) -> str | None:
     if not isinstance(name, str):
         raise bad_request(f'"name" must be a string or null, not {_shown(name)}')
     _check_text(name, '"name"')
+    if not name:
+        raise bad_request('"name" is empty: name a module, or "_help" for the list')
     return name
 
 

@@ -64,6 +64,12 @@ def test_a_hello_is_a_name_or_one_bad_request(message):
     assert name is None or (isinstance(name, str) and name.encode("utf-8"))
 
 
+def test_an_empty_module_name_is_a_bad_request():
+    with pytest.raises(ReplyError) as caught:
+        messages.hello_name({"name": ""})
+    assert caught.value.reason == 'BadRequest: "name" is empty: name a module, or "_help" for the list'
+
+
 @given(messages_like)
 def test_a_request_is_checked_or_one_bad_request(message):
     try:

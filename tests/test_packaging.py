@@ -111,9 +111,12 @@ def _allowed_twisted(environment: dict) -> list:
 
     where = {**default_environment(), **environment, "extra": ""}
     wanted = [Requirement(text) for text in requires("modserver")]
-    wanted = [r for r in wanted if r.name == "twisted" and (not r.marker or r.marker.evaluate(where))]
+    wanted = [
+        r for r in wanted if r.name == "twisted" and (not r.marker or r.marker.evaluate(where))
+    ]
     assert wanted
-    return [v for v in ("24.3.0", "25.5.0", "26.4.0", "26.10.0") if all(v in r.specifier for r in wanted)]
+    releases = ("24.3.0", "25.5.0", "26.4.0", "26.10.0")
+    return [v for v in releases if all(v in r.specifier for r in wanted)]
 
 
 def test_windows_python_312_never_gets_the_twisted_whose_twistd_does_not_start():
