@@ -39,6 +39,30 @@ _PEM_CERTIFICATE = re.compile(
 )
 
 
+# The file options of the ssl: and mtls: endpoint strings.
+_FILE_OPTIONS = "certKey|privateKey|caCerts|extraCertChain|dhParameters|caCertsDir"
+_WINDOWS_FILE = re.compile(
+    rf"(?P<option>(?:^|(?<=:))(?:{_FILE_OPTIONS})=)(?P<drive>[A-Za-z]):(?P<rest>[\\/][^:]*)"
+)
+
+
+def windows_paths_escaped(description: str) -> str:
+    """``description`` with Windows paths in file options escaped for Twisted.
+
+    In endpoint strings ``:`` separates options and ``\\`` escapes the next
+    character, so ``certKey=C:\\certs\\server.pem``, as Windows users write
+    it, would be cut at the drive's colon.  An option naming a file whose
+    value starts with a drive (``C:\\`` or ``C:/``) is escaped here
+    (``C\\:\\\\certs\\\\server.pem``), up to the next ``:``; a value already
+    escaped (``C\\:/certs/server.pem``) is left as it is.
+    """
+    def escaped(found: re.Match) -> str:
+        rest = found["rest"].replace("\\", "\\\\")
+        return f"{found['option']}{found['drive']}\\:{rest}"
+
+    return _WINDOWS_FILE.sub(escaped, description)
+
+
 def _read(path: str, what: str) -> bytes:
     try:
         with open(path, "rb") as stream:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from twisted.internet import defer, endpoints, error
 
 from modserver import logs
+from modserver.endpoints import windows_paths_escaped
 
 # Endpoint prefixes that serve TLS, and how the log names them.
 TLS_PREFIXES = {"ssl": "TLS", "tls": "TLS", "mtls": "mutual TLS"}
@@ -53,7 +54,9 @@ class Listener:
 
     def start(self) -> None:
         """Listen; SystemExit with the reason if the endpoint cannot be had now."""
-        endpoint = endpoints.serverFromString(self.reactor, with_backlog(self.description))
+        endpoint = endpoints.serverFromString(
+            self.reactor, with_backlog(windows_paths_escaped(self.description))
+        )
         failures = []
         self._listening = endpoint.listen(self.factory)
         self._listening.addCallbacks(self._listened, failures.append)

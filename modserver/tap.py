@@ -15,6 +15,7 @@ from twisted.python import usage
 import modserver
 from modserver import access, discovery, endpoint_help, logs, platforms
 from modserver.config import ConfigError, read_config
+from modserver.endpoints import windows_paths_escaped
 from modserver.lifecycle import RestartPolicy
 from modserver.service import ModServer, ServerSettings
 from modserver.supervisor import WorkerSettings
@@ -360,7 +361,7 @@ def makeService(options: Options, reactor=None) -> ModServer:
         raise SystemExit(f"modserver: {exc}") from None
     for description in options["listen"]:
         try:
-            endpoints.serverFromString(reactor, description)
+            endpoints.serverFromString(reactor, windows_paths_escaped(description))
         except Exception as exc:
             raise SystemExit(
                 f"modserver: bad --listen endpoint {description!r}: "
@@ -374,7 +375,7 @@ def makeService(options: Options, reactor=None) -> ModServer:
         http = f"tcp:{http}:interface={DEFAULT_INTERFACE}"  # loopback unless told otherwise
     for description in filter(None, [http]):
         try:
-            endpoints.serverFromString(reactor, description)
+            endpoints.serverFromString(reactor, windows_paths_escaped(description))
         except Exception as exc:
             raise SystemExit(
                 f"modserver: bad --http endpoint {description!r}: "

@@ -9,6 +9,7 @@ import pytest
 from twisted.python import usage
 
 from modserver import platforms, tap
+from modserver.endpoints import windows_paths_escaped
 from tests.fakes import FakeReactor
 
 
@@ -147,3 +148,30 @@ def test_announce_without_zeroconf_exits_saying_what_to_install(tmp_path, monkey
 def test_a_bad_option_value_names_the_option(argv, message):
     with pytest.raises(usage.UsageError, match=re.escape(message)):
         options(*argv)
+
+
+@pytest.mark.parametrize(
+    "written, escaped",
+    [
+        (r"mtls:0:certKey=C:\certs\server.pem:caCerts=C:\certs\ca.pem",
+         r"mtls:0:certKey=C\:\\certs\\server.pem:caCerts=C\:\\certs\\ca.pem"),
+        (r"ssl:443:privateKey=d:/keys/k.pem:certKey=d:/keys/c.pem:interface=0.0.0.0",
+         r"ssl:443:privateKey=d\:/keys/k.pem:certKey=d\:/keys/c.pem:interface=0.0.0.0"),
+        # already escaped, or not a path with a drive: as written
+        (r"ssl:443:certKey=C\:/certs/server.pem", r"ssl:443:certKey=C\:/certs/server.pem"),
+        ("mtls:0:certKey=server.pem:caCerts=ca.pem", "mtls:0:certKey=server.pem:caCerts=ca.pem"),
+        ("tcp:36577:interface=::1", "tcp:36577:interface=::1"),
+    ],
+)
+def test_windows_paths_in_endpoint_strings_are_taken_as_written(written, escaped):
+    assert windows_paths_escaped(written) == escaped
+
+
+def test_a_tls_endpoint_with_windows_paths_reads_those_files(tmp_path):
+    config = tmp_path / "lab.config"
+    config.write_text("{}")
+    listen = r"mtls:0:certKey=C:\lab certs\server.pem:caCerts=C:\lab certs\ca.pem"
+    with pytest.raises(SystemExit) as caught:
+        tap.makeService(options("--config", str(config), "--listen", listen), FakeReactor())
+    # The drive's colon did not cut the option: the file was looked for whole.
+    assert r"cannot read certKey file C:\lab certs\server.pem" in str(caught.value)
