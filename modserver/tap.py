@@ -248,7 +248,9 @@ class Options(usage.Options):
         "Listen on a Twisted endpoint (repeatable): tcp:36577:interface=0.0.0.0; "
         "TLS: ssl:36578:certKey=server.pem:privateKey=server.key; mutual TLS "
         "(clients need a certificate signed by the CA): "
-        "mtls:36578:certKey=server.pem:privateKey=server.key:caCerts=lab-ca.pem"
+        "mtls:36578:certKey=server.pem:privateKey=server.key:caCerts=lab-ca.pem. "
+        "File paths starting with a drive (certKey=C:\\certs\\server.pem) are taken as "
+        "written; any other colon in a value is written \\: and a backslash \\\\."
     )
     def opt_listen(self, description: str) -> None:
         self["listen"].append(description)
