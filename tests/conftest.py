@@ -4,11 +4,20 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from modserver import platforms
+from tests import wine
 
 # Properties here are about values, never about speed: a per-example
 # deadline only makes them fail on a busy machine (and then shrink for ages).
 settings.register_profile("modserver", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("modserver")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under Wine (.ci/windows), skip what Wine cannot do, saying what (tests/wine.py)."""
+    for item in items:
+        reason = wine.skip_reason(item.nodeid)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="module", params=platforms.MODES)

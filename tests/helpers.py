@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import urllib.parse
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from modserver import platforms
+from tests import wine
 
 MODULES_DIR = Path(__file__).parent / "modules"
 SOCKET_TIMEOUT = 15.0
@@ -40,8 +42,9 @@ GRACEFUL_STOP = signal.CTRL_BREAK_EVENT if ON_WINDOWS else signal.SIGTERM
 
 
 def twistd_command() -> list[str]:
-    """How to run twistd with this interpreter's environment."""
-    script = Path(sys.executable).parent / "twistd"
+    """How to run twistd with this interpreter's environment: its ``twistd``
+    script, as users run it (``Scripts\\twistd.exe`` on Windows)."""
+    script = Path(sysconfig.get_path("scripts")) / ("twistd.exe" if ON_WINDOWS else "twistd")
     if script.exists():
         return [str(script)]
     return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; run()"]
@@ -213,7 +216,9 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             # Windows: a group of its own, so that Ctrl-Break reaches only the server.
-            creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),
+            # (Not under Wine, where Ctrl-Break is a SIGINT to the server alone
+            # and a new group would ignore it as Windows ignores Ctrl-C there.)
+            creationflags=0 if wine.UNDER_WINE else getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),
             # A test run started in the background (`cmd &`) ignores SIGINT, and
             # so would the server: give it Ctrl-C as a terminal would.
             preexec_fn=None if ON_WINDOWS else _default_sigint,
@@ -269,7 +274,8 @@ class ServerProcess:
     def stop(self, sig: int = GRACEFUL_STOP, timeout: float = 20.0) -> int:
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
-        self.process.send_signal(sig)
+        if not (sig == GRACEFUL_STOP and wine.UNDER_WINE and wine.ctrl_break(str(self.directory))):
+            self.process.send_signal(sig)
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -17,7 +17,15 @@ import sys
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ServerProcess, call, kill_hard, needs_second_loopback, response, wait_for
+from tests.helpers import (
+    HARD_KILL_EXIT,
+    ServerProcess,
+    call,
+    kill_hard,
+    needs_second_loopback,
+    response,
+    wait_for,
+)
 
 CONFIG = {
     "life": {"module": "lifecycle", "entry": "Life", "timeout": 1.5, "queue_limit": 7},
@@ -101,7 +109,7 @@ def test_a_killed_worker_is_in_the_restart_history_with_how_it_ended(server):
     kill_hard(pid)
     wait_for(lambda: server.module_status("basic")["pid"] not in (None, pid), what="a new worker")
     last = server.module_status("basic")["restart_history"][-1]
-    assert last["cause"] == "died" and "SIGKILL" in last["detail"]
+    assert last["cause"] == "died" and HARD_KILL_EXIT in last["detail"]
 
 
 def test_an_invalid_config_on_disk_is_a_visible_warning_until_fixed(server):

@@ -75,6 +75,10 @@ def test_bad_endpoint_string_is_a_one_line_error(tmp_path):
     _one_line_error(result, "bad --listen endpoint 'carrier-pigeon:9'")
 
 
+# The system's own words for a port another program holds (WSAEADDRINUSE).
+ADDRESS_IN_USE = "Only one usage of each socket address" if ON_WINDOWS else "Address already in use"
+
+
 def test_port_in_use_is_a_one_line_error_and_starts_no_worker(tmp_path):
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -85,7 +89,7 @@ def test_port_in_use_is_a_one_line_error_and_starts_no_worker(tmp_path):
         (tmp_path / "basic.py").write_text((ROOT / "tests/modules/basic.py").read_text())
         result = run_twistd(["--port", str(port)], tmp_path)
         _one_line_error(
-            result, f"cannot listen on tcp:{port}:interface=127.0.0.1", "Address already in use"
+            result, f"cannot listen on tcp:{port}:interface=127.0.0.1", ADDRESS_IN_USE
         )
         assert "starting worker" not in result.stdout
     finally:

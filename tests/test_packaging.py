@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def fresh_venv(tmp_path_factory):
     """A virtual environment with nothing of ours in it."""
+    venv = pytest.importorskip("venv", reason="this Python has no venv module")
     where = tmp_path_factory.mktemp("venv")
     venv.EnvBuilder(with_pip=True).create(where)
     return where / ("Scripts" if ON_WINDOWS else "bin")

@@ -22,6 +22,7 @@ from modserver.errors import ReplyError
 from modserver.lifecycle import State
 from modserver.supervisor import ModuleSupervisor, WorkerSettings
 from tests.fakes import FakeReactor, make_call
+from tests.helpers import ON_WINDOWS
 
 VENV_PYTHON = r"C:\lab\venv\Scripts\python.exe"
 BASE_PYTHON = r"C:\Python313\python.exe"
@@ -161,6 +162,7 @@ def test_other_interpreters_are_run_as_configured():
     assert jobs.interpreter(BASE_PYTHON, [BASE_PYTHON], None) == (BASE_PYTHON, [BASE_PYTHON], None)
 
 
+@pytest.mark.skipif(ON_WINDOWS, reason="pywin32 is a dependency on Windows, always installed")
 def test_without_pywin32_no_worker_is_started_to_be_lost():
     """This machine has no pywin32: the real Win32 adapter cannot load."""
     reactor = FakeReactor()
