@@ -41,6 +41,18 @@ HARD_KILL_EXIT = "exit code 15" if ON_WINDOWS else "signal 9 (SIGKILL)"
 GRACEFUL_STOP = signal.CTRL_BREAK_EVENT if ON_WINDOWS else signal.SIGTERM
 
 
+def stopped_gracefully(code: int, sig: int = GRACEFUL_STOP) -> bool:
+    """Whether ``code`` is how a server ends after a graceful stop by ``sig``.
+
+    twistd exits 0, or re-raises the signal it stopped on: on Windows
+    ``os.kill`` then ends it with the signal's number as its exit code
+    (SIGBREAK for Ctrl-Break, SIGINT for Ctrl-C).
+    """
+    if ON_WINDOWS:
+        return code in (0, signal.SIGBREAK, signal.SIGINT)
+    return code in (0, -sig)
+
+
 def twistd_command() -> list[str]:
     """How to run twistd with this interpreter's environment: its ``twistd``
     script, as users run it (``Scripts\\twistd.exe`` on Windows)."""
@@ -210,9 +222,10 @@ class ServerProcess:
                 *self.args,
             ]
         self._log = open(self.log_path, "ab")
+        self.cwd = cwd or self.directory
         self.process = subprocess.Popen(
             command,
-            cwd=cwd or self.directory,
+            cwd=self.cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             # Windows: a group of its own, so that Ctrl-Break reaches only the server.
@@ -274,7 +287,7 @@ class ServerProcess:
     def stop(self, sig: int = GRACEFUL_STOP, timeout: float = 20.0) -> int:
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
-        if not (sig == GRACEFUL_STOP and wine.UNDER_WINE and wine.ctrl_break(str(self.directory))):
+        if not (sig == GRACEFUL_STOP and wine.UNDER_WINE and wine.ctrl_break(str(self.cwd))):
             self.process.send_signal(sig)
         try:
             return self.process.wait(timeout)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.chaos import ChaosRun, chaos_config
-from tests.helpers import GRACEFUL_STOP, ServerProcess, pid_alive, wait_for
+from tests.helpers import GRACEFUL_STOP, ServerProcess, pid_alive, stopped_gracefully, wait_for
 
 pytestmark = pytest.mark.usefixtures("platform_mode")
 
@@ -26,5 +26,5 @@ def test_every_call_gets_one_clear_reply_while_workers_die_and_reload(tmp_path, 
         assert tally.lost == [], tally.summary()
         assert tally.ok > 100 and tally.kills >= 5 and tally.rewrites >= 1, tally.summary()
         pids = run.pids | {m["pid"] for m in srv.status()["modules"].values() if m["pid"]}
-        assert srv.stop(GRACEFUL_STOP) in (0, -GRACEFUL_STOP)
+        assert stopped_gracefully(srv.stop(GRACEFUL_STOP))
     wait_for(lambda: not any(pid_alive(pid) for pid in pids), timeout=10, what="no worker left")

@@ -48,11 +48,12 @@ def test_object_form_with_every_option():
         }
     )
     (spec,) = config.modules
-    assert spec.python == "/opt/py32/python.exe"
-    assert spec.cwd == "/lab/config/drivers"
+    # The paths as this system reads them (on Windows, on the current drive).
+    assert spec.python == os.path.abspath("/opt/py32/python.exe")
+    assert spec.cwd == os.path.normpath("/lab/config/drivers")
     assert spec.env == (("DLL_PATH", "C:/x"),)
     assert spec.timeout == 30.0 and spec.queue_limit == 5
-    assert spec.watch == ("/lab/config/drivers/stage.ini", "/abs/file")
+    assert spec.watch == tuple(map(os.path.normpath, ["/lab/config/drivers/stage.ini", "/abs/file"]))
 
 
 def test_object_form_defaults():
@@ -67,7 +68,7 @@ def test_a_named_interpreter_is_found_on_path():
         "/lab",
         which=lambda name: "/usr/local/bin/" + name,
     )
-    assert config.modules[0].python == "/usr/local/bin/python3.7"
+    assert config.modules[0].python == os.path.abspath("/usr/local/bin/python3.7")
 
 
 def test_a_relative_interpreter_path_is_relative_to_the_config():
@@ -77,7 +78,7 @@ def test_a_relative_interpreter_path_is_relative_to_the_config():
         "/lab",
         which=lambda p: seen.append(p) or p,
     )
-    assert seen == ["/lab/venv32/python"]
+    assert seen == [os.path.join("/lab", "venv32/python")]
 
 
 @pytest.mark.parametrize(

@@ -31,30 +31,36 @@ def skip_reason(nodeid: str) -> str | None:
     return None
 
 
-def _wine_processes():
-    """``(unix pid, command line)`` of every process, through Wine's view of /proc."""
+def _servers_in(directory: str):
+    """Unix pids of the Python processes working in ``directory``, workers aside.
+
+    Wine runs each Windows process as a Unix process whose working directory
+    is the Windows one, and shows Linux's /proc to Windows programs.
+    """
+    wanted = os.stat(directory)
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
+            here = os.stat(f"/proc/{entry}/cwd")
             with open(f"/proc/{entry}/cmdline", "rb") as stream:
-                line = stream.read().replace(b"\0", b" ").decode("utf-8", "replace")
+                argv = stream.read().split(b"\0")
         except OSError:
             continue
-        yield int(entry), line
+        if (here.st_ino, here.st_dev) != (wanted.st_ino, wanted.st_dev):
+            continue
+        program = argv[0].decode("utf-8", "replace").lower()
+        if program.endswith("python.exe") and not any(b"worker.py" in arg for arg in argv):
+            yield int(entry)
 
 
-def ctrl_break(marker: str) -> bool:
-    """Stop, as Ctrl-Break would, the Python processes whose command line has ``marker``.
+def ctrl_break(directory: str) -> bool:
+    """Stop, as Ctrl-Break would, the server started in ``directory``.
 
     A Windows program under Wine can start Linux programs (``/bin/kill``),
     though Wine hands back no usable process handle for them (so not Popen).
     """
-    pids = [
-        pid
-        for pid, line in _wine_processes()
-        if marker in line and line.split(" ", 1)[0].lower().endswith("python.exe")
-    ]
+    pids = list(_servers_in(directory))
     for pid in pids:
         os.spawnv(os.P_NOWAIT, "/bin/kill", ["kill", "-INT", str(pid)])
     return bool(pids)
