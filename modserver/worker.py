@@ -335,11 +335,17 @@ def _module_origin(import_path: str):
     return spec.origin if spec is not None else None
 
 
-def _machinery(filename: str) -> bool:
+def _machinery(frame) -> bool:
     """Frames of the worker and of the import system, not of the module."""
+    filename = frame.f_code.co_filename
+    # By module name too: a standard library shipped compiled (Windows'
+    # embeddable Python) names its files relatively ("importlib\\__init__.py").
+    module = frame.f_globals.get("__name__", "")
     return (
         filename == __file__
         or filename.startswith("<frozen importlib")
+        or module == "importlib"
+        or module.startswith("importlib.")
         or os.path.normcase(os.path.dirname(filename)) == _IMPORTLIB_DIR
     )
 
@@ -355,7 +361,7 @@ def module_traceback(exc: BaseException) -> str:
     type and message.
     """
     tb = exc.__traceback__
-    while tb is not None and _machinery(tb.tb_frame.f_code.co_filename):
+    while tb is not None and _machinery(tb.tb_frame):
         tb = tb.tb_next
     if tb is None:
         return "".join(traceback.format_exception_only(type(exc), exc))

@@ -62,3 +62,24 @@ def test_pythonpath_packages_are_libraries_but_the_modules_own_tree_is_not(tmp_p
     assert found == sorted([str(files[1]), str(files[2])])
     found = [path for path, _ in worker.user_files(files, [str(config_dir)], None)]
     assert found == [str(files[2])]
+
+
+def test_the_import_systems_frames_are_left_out_however_its_files_are_named():
+    # Windows' embeddable Python ships its standard library compiled, its
+    # frames named relatively ("importlib\__init__.py"): known by module name.
+    machinery = compile(
+        "def import_module(load):\n    return load()\n", "importlib\\__init__.py", "exec"
+    )
+    namespace = {"__name__": "importlib"}
+    exec(machinery, namespace)
+
+    def users_code():
+        raise ModuleNotFoundError("No module named 'does_not_exist'")
+
+    try:
+        namespace["import_module"](users_code)
+    except ModuleNotFoundError as exc:
+        # From the import system's frame on, as in the worker (this test's own frame aside).
+        shown = worker.module_traceback(exc.with_traceback(exc.__traceback__.tb_next))
+    assert "importlib" not in shown
+    assert "users_code" in shown and shown.endswith("No module named 'does_not_exist'\n")
