@@ -67,6 +67,14 @@ class Identity:
         """True for a client on this computer's UNIX socket (no address)."""
         return self.address is None
 
+    @property
+    def owner(self) -> str:
+        """The name turns and leases know it by: ``cn:NAME`` with a certificate, else
+        the address (clients behind one certificate share their turns and leases)."""
+        if self.cn is not None:
+            return f"cn:{self.cn}"
+        return "local socket" if self.address is None else str(self.address)
+
     def __str__(self) -> str:
         where = "a local socket client" if self.address is None else str(self.address)
         return where if self.cn is None else f"{where} (cn={self.cn})"

@@ -6,6 +6,7 @@ decide which requests may wait and answer the rest at once:
 - a module's queue holds at most ``queue_limit`` waiting requests, and each
   client (its address, or its certificate's CN) at most ``queue_share`` of
   them, so one client flooding an instrument never locks out the others;
+  they are served in turns across clients (modserver.turns);
 - a request waits at most ``queue_wait`` seconds for its turn;
 - a module restarting after crashes holds requests only for a start due
   within ``HOLD`` seconds, and answers the rest at once;
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from modserver.errors import ReplyError
+from modserver.turns import TURNS, Turns, owner
 
 # A module in backoff holds requests for a start due within this many seconds.
 HOLD = 1.0
@@ -47,6 +49,7 @@ class QueueRules:
     limit: int = 100  # requests waiting behind the one running
     share: int | None = None  # per client; None: all but a quarter of the limit
     wait: float = DEFAULT_QUEUE_WAIT  # seconds a request may wait for its turn
+    order: str = TURNS  # turns across identities, or arrival order (turns.ORDERS)
 
     @property
     def client_share(self) -> int:
@@ -63,27 +66,42 @@ class QueueRules:
 
 
 class WaitingLine:
-    """A module's waiting requests, in arrival order, with its admission rules."""
+    """A module's waiting requests, served in turns (turns.Turns), with its admission rules.
+
+    The calls of the keep-alive session holding the module wait apart
+    (``first``): they go before everyone else's until the session gives way.
+    """
 
     def __init__(self, module: str, rules: QueueRules) -> None:
         self.module = module
+        self._turns = Turns(rules.order)
         self.rules = rules
-        self._calls: collections.deque = collections.deque()
+        self._first: collections.deque = collections.deque()
         self._per_client: collections.Counter[str] = collections.Counter()
 
+    @property
+    def rules(self) -> QueueRules:
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: QueueRules) -> None:
+        self._rules = rules
+        self._turns.order = rules.order
+
     def __len__(self) -> int:
-        return len(self._calls)
+        return len(self._first) + len(self._turns)
 
     def __iter__(self) -> Iterator:
-        return iter(self._calls)
+        yield from self._first
+        yield from self._turns
 
     def refusal(self, client: str) -> ReplyError | None:
         """Why a new request from ``client`` may not wait, or None if it may."""
         rules = self.rules
-        if len(self._calls) >= rules.limit:
+        if len(self) >= rules.limit:
             return ReplyError(
                 "Busy",
-                f"{self.module} already has {len(self._calls)} requests waiting "
+                f"{self.module} already has {len(self)} requests waiting "
                 f"(queue_limit {rules.limit}); try again later",
             )
         share = rules.client_share
@@ -99,38 +117,67 @@ class WaitingLine:
     def add(self, call: Waiting, first: bool = False) -> None:
         """Queue ``call`` (``first``: ahead of the rest, for the session holding the module)."""
         if first:
-            self._calls.appendleft(call)
+            self._first.append(call)
         else:
-            self._calls.append(call)
-        self._per_client[call.client] += 1
+            self._turns.add(call)
+        self._per_client[owner(call)] += 1
 
-    def next_call(self, holder: Callable[[Waiting], bool] | None = None):
-        """Take the first call, if ``holder`` (when given) accepts it; else None."""
-        if not self._calls or (holder is not None and not holder(self._calls[0])):
-            return None
-        return self._taken(self._calls.popleft())
+    def next_call(
+        self,
+        holder: Callable[[Waiting], bool] | None = None,
+        eligible: Callable[[str], bool] | None = None,
+    ):
+        """The next call: the holding session's if ``holder`` (when given) accepts
+        it, else None; without a holder, the next in turn among the identities
+        ``eligible`` accepts (all when not given)."""
+        if holder is not None:
+            if not self._first or not holder(self._first[0]):
+                return None
+            return self._taken(self._first.popleft())
+        call = self._turns.take(eligible)
+        return self._taken(call) if call is not None else None
+
+    def waiting_in_turn(self) -> int:
+        """How many calls wait for their turns (those of a holding session aside)."""
+        return len(self._turns)
+
+    def give_way(self) -> None:
+        """The holding session gave way: its waiting calls take their turns."""
+        while self._first:
+            self._turns.add(self._first.popleft())
 
     def remove(self, which: Callable[[Waiting], bool]) -> list:
         """Take out the calls ``which`` picks, keeping the others' order."""
-        taken = [call for call in self._calls if which(call)]
+        taken = [call for call in self._first if which(call)]
         if taken:
-            self._calls = collections.deque(c for c in self._calls if not which(c))
-            for call in taken:
-                self._taken(call)
+            self._first = collections.deque(c for c in self._first if not which(c))
+        taken.extend(self._turns.remove(which))
+        for call in taken:
+            self._taken(call)
         return taken
 
     def take_all(self) -> list:
         return self.remove(lambda call: True)
 
     def overdue(self, now: float) -> list:
-        """Take out the calls that have waited longer than the queue wait limit."""
-        limit = self.rules.wait
-        return self.remove(lambda call: _waited(call, now) >= limit)
+        """Take out the calls that have waited longer than they may."""
+        return self.remove(lambda call: _waited(call, now) >= self.wait_limit(call))
+
+    def wait_limit(self, call: Waiting) -> float:
+        """How long ``call`` may wait: the queue wait limit, or less if it asked."""
+        own = getattr(call, "wait_limit", None)
+        return self.rules.wait if own is None else min(own, self.rules.wait)
 
     def next_deadline(self) -> float | None:
-        """When the longest-waiting call runs out of time, or None if none waits."""
-        times = [call.received for call in self._calls if call.received is not None]
-        return min(times) + self.rules.wait if times else None
+        """When the first waiting call runs out of time, or None if none waits."""
+        times = [
+            call.received + self.wait_limit(call) for call in self if call.received is not None
+        ]
+        return min(times) if times else None
+
+    def by_identity(self) -> dict[str, int]:
+        """How many calls each identity has waiting."""
+        return dict(self._per_client)
 
     def overdue_error(self, call: Waiting, now: float) -> ReplyError:
         waited = _waited(call, now)
@@ -141,9 +188,10 @@ class WaitingLine:
         )
 
     def _taken(self, call):
-        self._per_client[call.client] -= 1
-        if not self._per_client[call.client]:
-            del self._per_client[call.client]
+        who = owner(call)
+        self._per_client[who] -= 1
+        if not self._per_client[who]:
+            del self._per_client[who]
         return call
 
 

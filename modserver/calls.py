@@ -53,7 +53,10 @@ class Call:
     keep_alive: bool = False
     plain: bool = False
     client_ip: str = ""
-    client: str = ""  # who the client is (address, and certificate CN), for queue shares
+    client: str = ""  # who the client is (address, and certificate CN), for the log
+    owner: str = ""  # whose turn it waits for and whose lease lets it run (Identity.owner)
+    lease_wait: bool = False  # wait while another holds the module's lease (else Busy)
+    wait_limit: float | None = None  # seconds it may wait, if less than the queue's limit
     timeout: float | None = None
     admin: bool = False  # may its timeout end the worker (else it ends only the wait)
     meta: bytes = b""  # the worker's line about the call (who asked), made once per client

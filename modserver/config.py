@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from modserver.access import Rule, parse_rule
 from modserver.admission import DEFAULT_QUEUE_WAIT
 from modserver.messages import positive_seconds
+from modserver.turns import DEFAULT_KEEP_ALIVE_HOLD, ORDERS, TURNS
 from modserver.watcher import content_digest
 
 DEFAULT_QUEUE_LIMIT = 100
@@ -42,10 +43,13 @@ _OPTIONS = (
     "queue_wait",
     "watch",
     "allow",
+    "keep_alive_hold",
+    "max_lease",
+    "order",
 )
 
 # Options whose change applies at once; a change to any other restarts the worker.
-LIVE_FIELDS = ("allow", "queue_share", "queue_wait")
+LIVE_FIELDS = ("allow", "queue_share", "queue_wait", "keep_alive_hold", "max_lease", "order")
 
 
 class ConfigError(Exception):
@@ -73,6 +77,10 @@ class ModuleSpec:
     queue_wait: float = DEFAULT_QUEUE_WAIT  # seconds a request may wait for its turn
     watch: tuple[str, ...] = ()
     allow: tuple[Rule, ...] | None = None  # who may open it (None: whoever the server admits)
+    # Seconds a keep-alive session keeps the module while others wait (0: no limit).
+    keep_alive_hold: float = DEFAULT_KEEP_ALIVE_HOLD
+    max_lease: float | None = None  # the longest lease it grants (None: the server's --max-lease)
+    order: str = TURNS  # "turns" across clients, or "arrival" order
 
     def needs_restart(self, other: ModuleSpec) -> bool:
         """True if ``other`` differs in more than the options that apply at once."""
@@ -197,6 +205,9 @@ def _object_entry(name, value, base_dir, python, which) -> ModuleSpec:
         queue_wait=_queue_wait(value.get("queue_wait", DEFAULT_QUEUE_WAIT)),
         watch=_watch(value.get("watch"), base_dir),
         allow=_allow(value.get("allow")),
+        keep_alive_hold=_keep_alive_hold(value.get("keep_alive_hold", DEFAULT_KEEP_ALIVE_HOLD)),
+        max_lease=_max_lease(value.get("max_lease")),
+        order=_order(value.get("order", TURNS)),
     )
 
 
@@ -268,6 +279,28 @@ def _queue_wait(value) -> float:
     if not positive_seconds(value):
         raise _BadEntry(f'"queue_wait" must be a positive number of seconds, not {value!r}')
     return float(value)
+
+
+def _keep_alive_hold(value) -> float:
+    if isinstance(value, bool) or (value != 0 and not positive_seconds(value)):
+        raise _BadEntry(
+            f'"keep_alive_hold" must be a number of seconds >= 0 (0: no limit), not {value!r}'
+        )
+    return float(value)
+
+
+def _max_lease(value) -> float | None:
+    if value is None:
+        return None
+    if not positive_seconds(value):
+        raise _BadEntry(f'"max_lease" must be a positive number of seconds or null, not {value!r}')
+    return float(value)
+
+
+def _order(value) -> str:
+    if value not in ORDERS:
+        raise _BadEntry(f'"order" must be one of {", ".join(ORDERS)}, not {value!r}')
+    return value
 
 
 def _watch(value, base_dir) -> tuple[str, ...]:

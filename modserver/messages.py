@@ -30,6 +30,7 @@ class Request:
     function: str | None
     keep_alive: bool = False
     timeout: float | None = None
+    lease_wait: bool = False  # wait for another's lease to end (bounded by timeout)
 
 
 def decode(line: bytes, plain: bool) -> tuple[object, bytes | str]:
@@ -77,7 +78,10 @@ def request(message) -> Request:
     keep_alive = message.get("keep_alive", False)
     if not isinstance(keep_alive, bool):
         raise bad_request('"keep_alive" must be true or false')
-    return Request(function, keep_alive, _timeout(message.get("timeout")))
+    lease_wait = message.get("lease_wait", False)
+    if not isinstance(lease_wait, bool):
+        raise bad_request('"lease_wait" must be true or false')
+    return Request(function, keep_alive, _timeout(message.get("timeout")), lease_wait)
 
 
 def positive_seconds(value) -> bool:

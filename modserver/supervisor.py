@@ -23,9 +23,11 @@ from modserver.admission import QueueRules, WaitingLine, backoff_refusal
 from modserver.calls import Call, CallSink, ReplyRelay, call_deadlines
 from modserver.config import ModuleSpec
 from modserver.errors import ReplyError
+from modserver.leases import DEFAULT_MAX_LEASE, Lease, ModuleLease
 from modserver.lifecycle import RestartPolicy, State, check_transition
 from modserver.process import WorkerProcess
 from modserver.stats import ModuleStats
+from modserver.turns import SessionHold, owner
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
@@ -54,6 +56,7 @@ class WorkerSettings:
     # Signals a worker with what it started; None: the platform's own.
     signal_group: Callable[[int, str], bool] | None = None
     access_log: bool = True  # one log line per call
+    max_lease: float = DEFAULT_MAX_LEASE  # the longest lease a module grants by default
 
     def __post_init__(self) -> None:
         if self.signal_group is None:
@@ -61,7 +64,15 @@ class WorkerSettings:
 
 
 def _queue_rules(spec: ModuleSpec) -> QueueRules:
-    return QueueRules(limit=spec.queue_limit, share=spec.queue_share, wait=spec.queue_wait)
+    return QueueRules(
+        limit=spec.queue_limit, share=spec.queue_share, wait=spec.queue_wait, order=spec.order
+    )
+
+
+def _lease_lost(module: str, who: str) -> ReplyError:
+    return ReplyError(
+        "Busy", f"the lease on {module} that {who} was granted ended before it could be used"
+    )
 
 
 class LoadFailed(Exception):
@@ -82,8 +93,10 @@ class ModuleSupervisor:
 
     def __init__(self, spec: ModuleSpec, settings: WorkerSettings, reactor) -> None:
         self._line = WaitingLine(spec.name, _queue_rules(spec))
-        self.spec = spec
+        self._hold = SessionHold(spec.keep_alive_hold)
         self.settings = settings
+        self.leases = ModuleLease(spec.name, spec.max_lease or settings.max_lease)
+        self.spec = spec
         self.reactor = reactor
         self.log = logs.for_module(spec.name)
         self.module_log = logs.for_module(spec.name, "module")
@@ -101,6 +114,7 @@ class ModuleSupervisor:
         self._process: WorkerProcess | None = None
         self._current: Call | None = None
         self._holder: CallSink | None = None
+        self._holder_owner = ""  # the identity of the session holding the module
         self._pending: str | None = None  # "restart" or "stop", once idle / gone
         self._stop_reason: ReplyError | None = None
         self._ready_waiters: list[defer.Deferred] = []
@@ -112,6 +126,10 @@ class ModuleSupervisor:
         self._death: str = ""  # how the last worker died, and its last output
         self._request_ids = 0
         self._relay = ReplyRelay(spec.name, self.log, peek_errors=self.access is not None)
+        # Lease takers waiting for another's lease to end: (who, seconds, Deferred, timer).
+        self._lease_waiters: list[tuple[str, float, defer.Deferred, object]] = []
+        # Takers granted a lease while another's call runs: answered once it ends.
+        self._granted: list[tuple[defer.Deferred, str]] = []
 
     @property
     def name(self) -> str:
@@ -123,9 +141,11 @@ class ModuleSupervisor:
 
     @spec.setter
     def spec(self, spec: ModuleSpec) -> None:
-        """A new config entry; its queue rules apply at once."""
+        """A new config entry; its queue rules, hold limit and lease limit apply at once."""
         self._spec = spec
         self._line.rules = _queue_rules(spec)
+        self._hold.limit = spec.keep_alive_hold
+        self.leases.max_seconds = spec.max_lease or self.settings.max_lease
 
     @property
     def pid(self) -> int | None:
@@ -191,8 +211,10 @@ class ModuleSupervisor:
         """
         self._pending = "stop"
         self._stop_reason = reason
-        self._holder = None
+        self._drop_holder()
         self._cancel_timer("backoff")
+        self._cancel_timer("lease")
+        self._fail_lease_waiters(reason)
         self._fail_waiting(reason)
         self._fail_ready_waiters(reason)
         waiter = defer.Deferred()
@@ -216,9 +238,13 @@ class ModuleSupervisor:
         if refusal is not None:
             self._fail_call(call, refusal)
             return
+        refusal = self.leases.refusal(owner(call), call.received)
+        if refusal is not None and not call.lease_wait:
+            self._fail_call(call, refusal)
+            return
         if call.sink is self._holder:
             self._line.add(call, first=True)
-        elif self._can_run_now(call):
+        elif refusal is None and self._can_run_now(call):
             self._line.add(call)
         else:
             refusal = self._line.refusal(call.client)
@@ -227,6 +253,7 @@ class ModuleSupervisor:
                 return
             self._line.add(call)
             self._watch_queue()
+            self._watch_hold()
         self._advance()
 
     def _can_run_now(self, call: Call) -> bool:
@@ -266,7 +293,7 @@ class ModuleSupervisor:
             call.sent()
             self._log_access(call, "dropped (the client left)")
         if self._holder is sink:
-            self._holder = None
+            self._drop_holder()
             self._advance()
 
     def snapshot(self) -> dict:
@@ -298,6 +325,11 @@ class ModuleSupervisor:
             "calls_served": self.calls_served,
             "current_call": current,
             "held_by_session": self._holder is not None,
+            "keep_alive_hold": self._hold.limit,
+            "order": self._line.rules.order,
+            "waiting_by_client": self._line.by_identity(),
+            "lease": self.leases.describe(now),
+            "max_lease": self.leases.max_seconds,
             "restart_in": round(backoff.getTime() - now, 3) if backoff is not None else None,
             "module": self.spec.module,
             "entry": self.spec.entry,
@@ -352,7 +384,19 @@ class ModuleSupervisor:
             outcome += ", after its client's timeout"
         self._log_access(call, outcome)
         held = call.keep_alive and not call.abandoned and not error and self.state is State.BUSY
-        self._holder = call.sink if held else None
+        if held and not self._hold.keeps(self.reactor.seconds(), self._others_waiting()):
+            held = False
+            self.log.info(
+                "{client}'s keep-alive session gives way to others after {limit:g} s",
+                module=self.name,
+                client=call.client,
+                limit=self._hold.limit,
+            )
+        if held:
+            self._holder, self._holder_owner = call.sink, owner(call)
+            self._watch_hold()
+        else:
+            self._drop_holder()
         if self.state is State.BUSY:
             self._set_state(State.READY)
         self._relay.deliver(call, "reply_finished", True)
@@ -404,7 +448,7 @@ class ModuleSupervisor:
         self._ready_at = None
         self._kill_leftovers(proc)
         self._fail_current(description)
-        self._holder = None
+        self._drop_holder()
         if self.state is State.STOPPING:
             self._after_stop()
         elif self.state is State.FAILED:
@@ -419,24 +463,201 @@ class ModuleSupervisor:
     def _watch_queue(self) -> None:
         """Have a timer answer calls that wait longer than the queue wait limit."""
         timer = self._timers.get("queue")
-        if timer is not None and timer.active():
-            return
         deadline = self._line.next_deadline()
-        if deadline is not None:
-            delay = max(0.0, deadline - self.reactor.seconds())
+        if deadline is None or (timer is not None and timer.getTime() <= deadline):
+            return
+        delay = max(0.0, deadline - self.reactor.seconds())
+        if timer is not None:
+            timer.reset(delay)
+        else:
             self._timers["queue"] = self.reactor.callLater(delay, self._queue_overdue)
 
     def _queue_overdue(self) -> None:
         del self._timers["queue"]
         now = self.reactor.seconds()
         for call in self._line.overdue(now):
-            self._fail_call(call, self._line.overdue_error(call, now))
+            leased = self.leases.refusal(owner(call), now)
+            self._fail_call(call, leased or self._line.overdue_error(call, now))
         self._watch_queue()
 
     def _fail_waiting(self, err: ReplyError) -> None:
         """Answer every waiting call with ``err``."""
         for call in self._line.take_all():
             self._fail_call(call, err)
+
+    # Keep-alive sessions ------------------------------------------------
+
+    def _others_waiting(self) -> bool:
+        """Does anyone but the session holding the module wait for it?"""
+        return self._line.waiting_in_turn() > 0
+
+    def _watch_hold(self) -> None:
+        """While others wait, the holding session keeps the module for a bounded time."""
+        if self._holder is None or "hold" in self._timers or not self._others_waiting():
+            return
+        now = self.reactor.seconds()
+        self._hold.keeps(now, True)  # the clock starts when others begin to wait
+        deadline = self._hold.deadline()
+        if deadline is not None:
+            self._timers["hold"] = self.reactor.callLater(max(0.0, deadline - now), self._hold_over)
+
+    def _hold_over(self) -> None:
+        del self._timers["hold"]
+        if self._holder is None or self._current is not None:
+            return  # the session's call in flight decides when it ends
+        if self._hold.keeps(self.reactor.seconds(), self._others_waiting()):
+            self._watch_hold()
+            return
+        self.log.info(
+            "{client}'s keep-alive session gives way to others after {limit:g} s",
+            module=self.name,
+            client=self._holder_owner,
+            limit=self._hold.limit,
+        )
+        self._drop_holder()
+        self._advance()
+
+    def _drop_holder(self) -> None:
+        """No session holds the module now: its waiting calls take their turns."""
+        self._holder, self._holder_owner = None, ""
+        self._hold.reset()
+        self._line.give_way()
+        self._cancel_timer("hold")
+
+    # Leases ---------------------------------------------------------------
+
+    def take_lease(self, who: str, seconds: float, wait: float = 0.0) -> defer.Deferred:
+        """``who`` takes the module's lease for ``seconds``.
+
+        Fires with the lease (leases.ModuleLease.describe) once it is
+        granted: at once, or when another client's call in flight ends, or,
+        waiting up to ``wait`` seconds, when another's lease ends.  Fails
+        with a ReplyError (Busy while another holds it and ``wait`` is 0).
+        """
+        now = self.reactor.seconds()
+        try:
+            self.leases.check_seconds(seconds)
+        except ReplyError as err:
+            return defer.fail(err)
+        self._lease_expired_by(now)
+        holder = self.leases.holder(now)
+        if holder == who:
+            return defer.succeed(self.renew_lease(who, seconds))
+        if holder is None and self._stop_reason is None:
+            return self._grant(who, seconds)
+        refusal = self._stop_reason or self.leases.refusal(who, now)
+        if wait <= 0 or self._stop_reason is not None:
+            return defer.fail(refusal)
+        waiter = defer.Deferred()
+        entry = [who, seconds, waiter, None]
+        entry[3] = self.reactor.callLater(wait, self._lease_wait_over, entry, wait)
+        self._lease_waiters.append(entry)
+        return waiter
+
+    def renew_lease(self, who: str, seconds: float) -> dict:
+        """``who`` extends its lease to ``seconds`` from now; ReplyError if it cannot."""
+        now = self.reactor.seconds()
+        self._lease_expired_by(now)
+        self.leases.renew(who, seconds, now)
+        self._lease_timer()
+        self.log.info(
+            "lease renewed by {who} for {seconds:g} s", module=self.name, who=who, seconds=seconds
+        )
+        return self.leases.describe(now)
+
+    def release_lease(self, who: str) -> None:
+        """``who`` gives its lease back; ReplyError if it holds none."""
+        now = self.reactor.seconds()
+        self._lease_expired_by(now)
+        lease = self.leases.release(who, now)
+        self._lease_ended(lease, f"released by {who}")
+
+    def break_lease(self, by: str) -> str:
+        """An administrator ends the lease; returns who held it (ReplyError if none)."""
+        now = self.reactor.seconds()
+        self._lease_expired_by(now)
+        lease = self.leases.break_(now)
+        self._lease_ended(lease, f"broken by {by}")
+        return lease.holder
+
+    def _grant(self, who: str, seconds: float) -> defer.Deferred:
+        now = self.reactor.seconds()
+        self.leases.grant(who, seconds, now)
+        self._lease_timer()
+        self.log.info(
+            "lease taken by {who} for {seconds:g} s", module=self.name, who=who, seconds=seconds
+        )
+        if self._holder is not None and self._holder_owner != who:
+            self._drop_holder()
+        for call in self._line.remove(lambda c: owner(c) != who and not c.lease_wait):
+            self._fail_call(call, self.leases.refusal(owner(call), now))
+        granted = defer.Deferred()
+        current = self._current
+        if current is not None and owner(current) != who and not current.answered:
+            self._granted.append((granted, who))  # answered once that call ends
+        else:
+            granted.callback(self.leases.describe(now))
+        self._advance()
+        return granted
+
+    def _answer_granted(self) -> None:
+        granted, self._granted = self._granted, []
+        now = self.reactor.seconds()
+        for waiter, who in granted:
+            lease = self.leases.describe(now)
+            if lease is not None and lease["holder"] == who:
+                waiter.callback(lease)
+            else:
+                waiter.errback(self.leases.refusal(who, now) or _lease_lost(self.name, who))
+
+    def _lease_timer(self) -> None:
+        self._cancel_timer("lease")
+        lease = self.leases.lease
+        if lease is not None:
+            delay = max(0.0, lease.until - self.reactor.seconds())
+            self._timers["lease"] = self.reactor.callLater(delay, self._lease_timer_fired)
+
+    def _lease_timer_fired(self) -> None:
+        del self._timers["lease"]
+        self._lease_expired_by(self.reactor.seconds())
+
+    def _lease_expired_by(self, now: float) -> None:
+        lease = self.leases.expire(now)
+        if lease is not None:
+            self._lease_ended(lease, "expired (lost)")
+
+    def _lease_ended(self, lease: Lease, how: str) -> None:
+        """The lease is gone: the first client waiting for it gets it, or the line moves."""
+        self._cancel_timer("lease")
+        self.log.info(
+            "lease of {holder} {how}",
+            module=self.name,
+            holder=lease.holder,
+            how=how,
+        )
+        if self._lease_waiters:
+            who, seconds, waiter, timer = self._lease_waiters.pop(0)
+            if timer.active():
+                timer.cancel()
+            self._grant(who, seconds).chainDeferred(waiter)
+            return
+        self._advance()
+
+    def _lease_wait_over(self, entry: list, wait: float) -> None:
+        if entry in self._lease_waiters:
+            self._lease_waiters.remove(entry)
+        who, _, waiter, _ = entry
+        now = self.reactor.seconds()
+        refusal = self.leases.refusal(who, now)
+        reason = refusal.message if refusal is not None else f"{self.name} is leased"
+        waiter.errback(ReplyError("Busy", f"{reason}; waited {wait:g} s for the lease"))
+
+    def _fail_lease_waiters(self, err: ReplyError) -> None:
+        waiters, self._lease_waiters = self._lease_waiters, []
+        for _, _, waiter, timer in waiters:
+            if timer.active():
+                timer.cancel()
+            waiter.errback(err)
 
     # Internals ----------------------------------------------------------
 
@@ -590,6 +811,8 @@ class ModuleSupervisor:
 
     def _advance(self) -> None:
         """Start the next piece of work if the module is idle."""
+        if self._granted and self._current is None:
+            self._answer_granted()
         if self.state is not State.READY:
             return
         if self._pending is not None and self._holder is None:
@@ -600,9 +823,12 @@ class ModuleSupervisor:
             self._dispatch(call)
 
     def _next_call(self) -> Call | None:
-        if self._holder is None:
+        if self._holder is not None:
+            return self._line.next_call(lambda call: call.sink is self._holder)
+        holder = self.leases.holder(self.reactor.seconds())
+        if holder is None:
             return self._line.next_call()
-        return self._line.next_call(lambda call: call.sink is self._holder)
+        return self._line.next_call(eligible=lambda who: who == holder)
 
     def _dispatch(self, call: Call) -> None:
         self._request_ids = (self._request_ids + 1) & 0xFFFFFFFF
@@ -647,7 +873,7 @@ class ModuleSupervisor:
         if call is not self._current or (call.answered and not call.abandoned):
             return
         self._current = None
-        self._holder = None
+        self._drop_holder()
         self._fail_call(
             call,
             ReplyError(
@@ -774,6 +1000,7 @@ class ModuleSupervisor:
     def _fail_current(self, description: str) -> None:
         call, self._current = self._current, None
         self._relay.drop()
+        self._answer_granted()
         if call is None:
             return
         if call.answered:
