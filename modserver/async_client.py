@@ -27,7 +27,7 @@ import collections
 import functools
 import json
 
-from twisted.internet import defer, endpoints, error, ssl, threads
+from twisted.internet import defer, endpoints, error, ssl, task, threads
 from twisted.internet.protocol import Factory
 
 from modserver import wire
@@ -35,6 +35,7 @@ from modserver.client import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     DEFAULT_TIMEOUT,
+    LEASE,
     ClientError,
     ConnectionFailed,
     ReplyTimeout,
@@ -241,6 +242,65 @@ class AsyncClient:
             return AsyncSession(self, module, proto)
 
         return defer.Deferred.fromCoroutine(run())
+
+    def lease_request(self, operation: str, *args, timeout: float | None = None) -> defer.Deferred:
+        """One request to the server's ``_lease`` service (see client.Client.lease_request)."""
+        return self.com(LEASE, operation, *args, timeout=timeout)
+
+    def lease(self, module: str, seconds: float = 600, wait: float = 0) -> AsyncLease:
+        """A lease for ``async with``: taken, renewed in the background, released at the end.
+
+        ``async with client.lease("laser", seconds=600, wait=30): ...``
+        """
+        return AsyncLease(self, module, seconds, wait)
+
+
+class AsyncLease:
+    """A lease on a module held while an ``async with`` block runs (see client.Lease)."""
+
+    def __init__(self, client: AsyncClient, module: str, seconds: float, wait: float = 0) -> None:
+        self.client = client
+        self.module = module
+        self.seconds = seconds
+        self.wait = wait
+        self.info = None
+        self.lost = None  # the error of a failed renewal
+        self._renewer = task.LoopingCall(lambda: defer.Deferred.fromCoroutine(self._renew()))
+        self._renewer.clock = client.reactor
+
+    async def __aenter__(self) -> AsyncLease:
+        await self.take()
+        return self
+
+    async def __aexit__(self, kind, value, traceback) -> None:
+        try:
+            await self.release()
+        except ClientError:
+            if kind is None:
+                raise
+
+    async def take(self) -> dict:
+        """Take the lease (waiting up to ``wait`` s) and start renewing it."""
+        timeout = self.wait + self.client.timeout
+        self.info = await self.client.lease_request(
+            "take", self.module, self.seconds, self.wait, timeout=timeout
+        )
+        self._renewer.start(self.seconds / 3, now=False).addErrback(self._renewal_failed)
+        return self.info
+
+    async def _renew(self) -> None:
+        self.info = await self.client.lease_request("renew", self.module, self.seconds)
+
+    def _renewal_failed(self, failure) -> None:
+        failure.trap(ClientError)
+        self.lost = failure.value
+
+    async def release(self) -> None:
+        """Stop renewing and give the lease back."""
+        if self._renewer.running:
+            self._renewer.stop()
+        if self.lost is None:
+            await self.client.lease_request("release", self.module)
 
 
 class AsyncSession:

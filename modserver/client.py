@@ -30,6 +30,7 @@ import select
 import socket
 import ssl
 import sys
+import threading
 
 try:  # the package's fast codec, when the package is installed
     from modserver.wire import quote_plus as _quote
@@ -397,6 +398,21 @@ class Client:
         """A keep-alive connection to ``module`` for several calls (use with ``with``)."""
         return Session(self, module, timeout)
 
+    def lease_request(self, operation: str, *args, timeout: float = None):
+        """One request to the server's ``_lease`` service: ``take``, ``renew``,
+        ``release``, ``show`` or ``break``, with its arguments (see ``lease``)."""
+        return self.com(LEASE, operation, *args, timeout=timeout)
+
+    def lease(self, module: str, seconds: float = 600, wait: float = 0) -> Lease:
+        """An exclusive lease on ``module`` for a ``with`` block.
+
+        ``with client.lease("laser", seconds=600, wait=30): ...`` takes it
+        (waiting up to ``wait`` seconds while someone else holds it), renews
+        it in the background while the block runs, and releases it when the
+        block ends, also on an exception.
+        """
+        return Lease(self, module, seconds, wait)
+
     def module(self, module: str) -> ModuleProxy:
         """An object whose methods call ``module``'s, one connection per call."""
         return ModuleProxy(self, module)
@@ -501,6 +517,66 @@ class Session:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+LEASE = "_lease"
+
+
+class Lease:
+    """A lease on a module held while a ``with`` block runs (see ``Client.lease``).
+
+    A background thread renews it every third of its length; if a renewal
+    fails (an administrator broke the lease), ``lost`` holds the error.
+    """
+
+    def __init__(self, client: Client, module: str, seconds: float, wait: float = 0) -> None:
+        self.client = client
+        self.module = module
+        self.seconds = seconds
+        self.wait = wait
+        self.info = None  # the server's description of the lease (holder, until, ...)
+        self.lost = None  # the error of a failed renewal
+        self._stop = threading.Event()
+        self._renewer = None
+
+    def __enter__(self) -> Lease:
+        self.take()
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        try:
+            self.release()
+        except ClientError:
+            if kind is None:
+                raise  # an exception from the block matters more
+
+    def take(self) -> dict:
+        """Take the lease (waiting up to ``wait`` s) and start renewing it."""
+        timeout = self.wait + self.client.timeout
+        self.info = self.client.lease_request(
+            "take", self.module, self.seconds, self.wait, timeout=timeout
+        )
+        self._stop.clear()
+        self._renewer = threading.Thread(target=self._renew, daemon=True)
+        self._renewer.start()
+        return self.info
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            try:
+                self.info = self.client.lease_request("renew", self.module, self.seconds)
+            except ClientError as exc:
+                self.lost = exc
+                return
+
+    def release(self) -> None:
+        """Stop renewing and give the lease back."""
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+            self._renewer = None
+        if self.lost is None:
+            self.client.lease_request("release", self.module)
 
 
 # ModuleServer's client class, under its name: same methods, same returns.

@@ -11,11 +11,11 @@ import functools
 import json
 from typing import TYPE_CHECKING
 
-from twisted.internet import interfaces, protocol
+from twisted.internet import defer, interfaces, protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from modserver import messages, wire
+from modserver import leases, messages, wire
 from modserver.access import Identity
 from modserver.admission import REFUSING_AT_ONCE
 from modserver.calls import Call, CallSink
@@ -89,6 +89,8 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self.closed = None  # called once when the connection is gone (its limit slot)
         self.mutual_tls = False  # on an mtls: listener, where clients show certificates
         self._probe = None  # the timer checking a half-closed plain client is still there
+        self._lease_open = False  # the hello was _lease: one lease request follows
+        self._lease_answer = None  # the Deferred of a lease request under way
 
     # Connection ---------------------------------------------------------
 
@@ -132,6 +134,9 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._unregister_producer()
         if self._supervisor is not None:
             self._supervisor.release(self)
+        answer, self._lease_answer = self._lease_answer, None
+        if answer is not None:
+            answer.cancel()  # a taker that left waits no more for the lease
         closed, self.closed = self.closed, None
         if closed is not None:
             closed()
@@ -199,7 +204,9 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         except ReplyError as err:
             self._not_a_message(line, plain, err)
             return
-        if self._supervisor is None:
+        if self._lease_open:
+            self._lease_request(message, plain)
+        elif self._supervisor is None:
             self._hello(message, plain)
         else:
             self._request(message, text, plain)
@@ -263,6 +270,10 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             self._answer(self.server.module_names(prefix, self.identity), plain)
         elif name == STATUS or name.startswith(STATUS + "."):
             self._status(name[len(STATUS) + 1 :], plain)
+        elif name == leases.LEASE:
+            self._lease_open = True
+            self.transport.write(wire.encode_reply("ack", plain=plain))
+            self._await_input(self.settings.idle_timeout)
         elif name.startswith(RELOAD):
             self._reload(wire.unquote_plus(name[len(RELOAD) :].encode("utf-8")), plain)
         else:
@@ -342,6 +353,40 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self.transport.write(wire.encode_reply("ack", plain=plain))
         self._await_input(self.settings.idle_timeout)
 
+    def _lease_request(self, message, plain: bool) -> None:
+        """The one request after a ``_lease`` hello: take, renew, release, show, break."""
+        try:
+            request = messages.request(message)
+            if request.function is None:
+                self._close()
+                return
+            lease_request = leases.parse_request(request.function, message.get("args", []))
+        except ReplyError as err:
+            self._fail(err, plain)
+            return
+        self.hold_lines()
+        self._busy()
+        self._waiting = True
+        answer = defer.maybeDeferred(self.server.lease, self.identity, lease_request)
+        self._lease_answer = answer
+
+        def failed(failure):
+            self._lease_answer = None
+            if failure.check(defer.CancelledError):
+                return None
+            if failure.check(ReplyError):
+                self._fail(failure.value, plain)
+                return None
+            self.log.failure("a lease request failed", failure)
+            self._fail(ReplyError("LeaseFailed", str(failure.value), failure.getTraceback()), plain)
+            return None
+
+        def answered(result):
+            self._lease_answer = None
+            self._answer(result, plain)
+
+        answer.addCallbacks(answered, failed)
+
     # Step 2: requests -------------------------------------------------------
 
     def _request(self, message, text, plain: bool) -> None:
@@ -368,6 +413,9 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             plain=plain,
             client_ip=self.client_ip,
             client=str(self.identity),
+            owner=self.identity.owner,
+            lease_wait=request.lease_wait,
+            wait_limit=request.timeout if request.lease_wait else None,
             timeout=request.timeout,
             admin=self._admin,
             meta=self._call_meta,

@@ -16,7 +16,8 @@ from modserver.access import AccessPolicy, Identity
 from modserver.admission import ByteBudget, ConnectionLimits, connection_limit
 from modserver.announce import Announcer, BoundPort
 from modserver.config import Config, ConfigError, read_config
-from modserver.errors import ReplyError
+from modserver.errors import ReplyError, bad_request
+from modserver.leases import LeaseRequest
 from modserver.listeners import Listener, security
 from modserver.protocol import ClientFactory
 from modserver.refusals import RefusalTally
@@ -36,6 +37,9 @@ Hello (the first message): {"name": NAME}
   "_reload_"             -> re-read the config file (administrators)
   "_reload_MODULE"       -> restart MODULE's worker (administrators)
   "_status[.MODULE]"     -> the state of the server and its modules
+  "_lease"               -> "ack", then one request about a module's lease:
+                            take [module, seconds, (wait)], renew [module, seconds],
+                            release [module], show [(module)], break [module] (administrators)
   a module name          -> "ack", then send requests to that module
 
 Request to the module: {"function": F, "args": [...], "keep_alive": false}
@@ -311,6 +315,42 @@ class ModServer(service.MultiService):
         snapshot = self.supervisors[name].snapshot()
         snapshot["log"] = self.log_tail.lines(name)
         return snapshot
+
+    def lease(self, who: Identity, request: LeaseRequest):
+        """Carry out a ``_lease`` request for ``who``: a value, a Deferred, or ReplyError."""
+        if request.operation == "show" and request.module is None:
+            now = self.reactor.seconds()
+            return {
+                name: self.supervisors[name].leases.describe(now)
+                for name in self.module_names("", who)
+            }
+        supervisor = self.supervisors.get(request.module)
+        if supervisor is None:
+            raise bad_request(f"{request.module} does not exist (case matters)")
+        if not self.may_open(who, request.module):
+            raise ReplyError(
+                "Forbidden",
+                f'{who} may not use {request.module}; the operator can admit it in the "allow" '
+                "list of its config entry",
+            )
+        operation, owner = request.operation, who.owner
+        if operation == "take":
+            return supervisor.take_lease(owner, request.seconds, request.wait)
+        if operation == "renew":
+            return supervisor.renew_lease(owner, request.seconds)
+        if operation == "release":
+            supervisor.release_lease(owner)
+            return f"Released the lease on {request.module}"
+        if operation == "show":
+            return supervisor.leases.describe(self.reactor.seconds())
+        if not self.access.is_admin(who):
+            raise ReplyError(
+                "Forbidden",
+                f"{who} may not break the lease on {request.module}: only administrators may; "
+                "the operator names them with --admin-allow",
+            )
+        holder = supervisor.break_lease(str(who))
+        return f"Broke {holder}'s lease on {request.module}"
 
     def reload_config(self, by: str | None = None) -> None:
         """Re-read the config file and apply it (asked ``by`` someone, or on a change

@@ -16,6 +16,7 @@ import modserver
 from modserver import access, discovery, endpoint_help, logs, platforms
 from modserver.config import ConfigError, read_config
 from modserver.endpoints import windows_paths_escaped
+from modserver.leases import DEFAULT_MAX_LEASE
 from modserver.lifecycle import RestartPolicy
 from modserver.service import ModServer, ServerSettings
 from modserver.supervisor import WorkerSettings
@@ -222,6 +223,13 @@ class Options(usage.Options):
             seconds,
         ],
         [
+            "max-lease",
+            None,
+            DEFAULT_MAX_LEASE,
+            "Longest lease, in seconds, a module grants unless its config entry says (max_lease).",
+            seconds,
+        ],
+        [
             "stop-grace",
             None,
             5.0,
@@ -413,6 +421,7 @@ def makeService(options: Options, reactor=None) -> ModServer:
             log_level=STDLIB_LEVELS[log_level],
             access_log=not options["no-access-log"],
             stop_grace=options["stop-grace"],
+            max_lease=options["max-lease"],
             restart_policy=functools.partial(RestartPolicy, cap=options["backoff-cap"]),
             platform=platform,
         ),
