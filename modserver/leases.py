@@ -169,13 +169,13 @@ class ModuleLease:
             return self._not_yours(lease, who, now)
         if lease is None:
             raise self._not_held(who, now, "to release", "there is nothing to give back")
-        return self._end("released", now)
+        return self._end("was released", now)
 
     def break_(self, now: float) -> Lease:
         """An administrator ends the lease, whoever holds it."""
         if self.current(now) is None:
             raise bad_request(f"{self.module} is not leased; there is nothing to break")
-        return self._end("broken", now)
+        return self._end("was broken", now)
 
     def expire(self, now: float) -> Lease | None:
         """The lease, if it ran out by ``now`` (it is then gone)."""

@@ -329,6 +329,7 @@ class ModuleSupervisor:
             "order": self._line.rules.order,
             "waiting_by_client": self._line.by_identity(),
             "lease": self.leases.describe(now),
+            "lease_waiting": [entry[0] for entry in self._lease_waiters],
             "max_lease": self.leases.max_seconds,
             "restart_in": round(backoff.getTime() - now, 3) if backoff is not None else None,
             "module": self.spec.module,
