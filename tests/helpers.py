@@ -325,6 +325,13 @@ needs_second_loopback = pytest.mark.skipif(
 )
 
 
+THIRD_LOOPBACK = "127.0.0.3"
+needs_two_more_loopbacks = pytest.mark.skipif(
+    not (_can_bind(SECOND_LOOPBACK) and _can_bind(THIRD_LOOPBACK)),
+    reason="this system cannot bind 127.0.0.2 and 127.0.0.3, which play two other clients",
+)
+
+
 def timed(fn, *args, **kwargs):
     """``(fn(*args, **kwargs), the seconds it took)``."""
     started = time.monotonic()
