@@ -792,6 +792,20 @@ def _parser() -> argparse.ArgumentParser:
         "function", nargs="?", default="_help", help="the function (none: the module's help)"
     )
     call.add_argument("args", nargs="*", metavar="ARG")
+    lease = command(
+        "lease",
+        "take, renew, release, show or break (administrators) a module's exclusive lease",
+    )
+    lease.add_argument("operation", choices=("take", "renew", "release", "show", "break"))
+    lease.add_argument("module", nargs="?", help="the module (show: none for every module)")
+    lease.add_argument("seconds", nargs="?", type=float, help="take, renew: how long")
+    lease.add_argument(
+        "--wait",
+        dest="lease_wait",
+        type=float,
+        default=0,
+        help="take: seconds to wait while another client holds it (0)",
+    )
     discover = command(
         "discover", "list the servers announced on the lab network and their modules"
     )
@@ -816,7 +830,30 @@ def _run(lab: Client, options):
         return lab.status(options.name)
     if command == "discover":
         return load_discovery().discover(options.wait, options.timeout, lab.tls)
+    if command == "lease":
+        return _lease(lab, options)
     return lab.com(options.module, options.function, *map(_argument, options.args))
+
+
+def _lease_mistake(options) -> str:
+    """What is missing from a ``lease`` command line, or ""."""
+    operation = options.operation
+    if operation in ("take", "renew") and (options.module is None or options.seconds is None):
+        return "lease %s needs a module and a number of seconds" % operation
+    if operation in ("release", "break") and options.module is None:
+        return "lease %s needs a module" % operation
+    return ""
+
+
+def _lease(lab: Client, options):
+    operation, module, seconds = options.operation, options.module, options.seconds
+    args = [module] if module is not None else []
+    if seconds is not None and operation in ("take", "renew"):
+        args.append(seconds)
+    if operation == "take" and options.lease_wait:
+        args.append(options.lease_wait)
+        return lab.lease_request(operation, *args, timeout=options.lease_wait + lab.timeout)
+    return lab.lease_request(operation, *args)
 
 
 def _show(command: str, response, as_json: bool, wait: float = 0) -> str:
@@ -835,7 +872,10 @@ def _show(command: str, response, as_json: bool, wait: float = 0) -> str:
 
 def main(argv=None) -> int:
     """Entry point of ``modserver-client``; returns the exit status."""
-    options = _parser().parse_args(argv)
+    parser = _parser()
+    options = parser.parse_args(argv)
+    if options.command == "lease" and _lease_mistake(options):
+        parser.error(_lease_mistake(options))
     try:
         lab = Client(
             options.host,

@@ -171,3 +171,19 @@ def test_version_is_modservers(server):
     from modserver import __version__
 
     assert bare("--version") == (0, f"modserver-client {__version__}\n", "")
+
+
+def test_lease_take_show_renew_release_from_the_command_line(server):
+    code, out, err = run(server, "lease", "take", "basic", "30")
+    assert code == 0 and err == "" and json.loads(out)["holder"] == "127.0.0.1"
+    assert json.loads(run(server, "--json", "lease", "show")[1])["basic"]["holder"] == "127.0.0.1"
+    assert json.loads(run(server, "lease", "renew", "basic", "60")[1])["seconds_left"] == 60
+    assert run(server, "lease", "release", "basic") == (0, "Released the lease on basic\n", "")
+    assert run(server, "lease", "show", "basic") == (0, "null\n", "")
+    code, out, err = run(server, "lease", "release", "basic")
+    assert code == 1 and err.startswith("error: BadRequest: 127.0.0.1 holds no lease on basic")
+
+
+def test_lease_mistakes_exit_2(server):
+    code, _, err = run(server, "lease", "take", "basic")
+    assert code == 2 and "lease take needs a module and a number of seconds" in err

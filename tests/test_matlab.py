@@ -155,3 +155,38 @@ def test_nan_round_trips_as_nan_in_matlab(hw):
 def test_reload_with_a_name_that_urlencode_changes(hw):
     assert hw.reload("my laser*") == 'Reloaded "my laser*"'
     assert hw.reload() == "Reloaded config"
+
+
+# hw.com('_lease', ...): a hello, an ack, one request, one reply, as com is written.
+LEASE_HELLO = b"%7B%22name%22%3A%22_lease%22%7D\n"
+LEASE_TAKE = (
+    b"%7B%22function%22%3A%22take%22%2C%22args%22%3A%5B%22basic%22%2C600%5D%2C"
+    b"%22keep_alive%22%3Afalse%7D\n"
+)
+
+
+def test_matlab_sends_these_bytes_for_a_lease():
+    hello = java_urlencode(matlab_jsonencode({"name": "_lease"}))
+    take = {"function": "take", "args": ["basic", 600], "keep_alive": False}
+    assert hello.encode() + b"\n" == LEASE_HELLO
+    assert java_urlencode(matlab_jsonencode(take)).encode() + b"\n" == LEASE_TAKE
+
+
+def test_the_recorded_lease_exchange_of_hwserver_com(hw):
+    with socket.create_connection(("127.0.0.1", hw.port), timeout=10) as sock:
+        buffer = bytearray()
+        sock.sendall(LEASE_HELLO)
+        assert hw._line(sock, buffer) == "ack"
+        sock.sendall(LEASE_TAKE)
+        lease = hw._line(sock, buffer)
+        assert sock.recv(1) == b""  # one reply, then the server closes, as com expects
+    assert lease["holder"] == "127.0.0.1" and lease["seconds_left"] == 600
+    try:
+        assert hw.com("_lease", "show", "basic")["holder"] == "127.0.0.1"
+        assert hw.com("_lease", "renew", "basic", 900)["seconds_left"] == 900
+        assert hw.com("basic", "add", 2, 3) == 5  # the holder's own calls run
+    finally:
+        assert hw.com("_lease", "release", "basic") == "Released the lease on basic"
+    assert hw.com("_lease", "show", "basic") is None
+    with pytest.raises(RuntimeError, match="hwserver error: BadRequest: the lease needs a pos"):
+        hw.com("_lease", "take", "basic", NAN)  # NaN arrives as null
