@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 
 from modserver.async_client import AsyncClient, AsyncSession
 from modserver.client import ConnectionFailed, ReplyTimeout, ServerError
@@ -93,3 +93,27 @@ async def test_calls_run_concurrently_across_modules(lab):
         )
     )
     assert results[0] == 0.5 and results[2] == 2
+
+
+async def until(condition, what: str) -> None:
+    """Poll ``condition()`` (a Deferred's result) until true, at most BOUND seconds."""
+    deadline = reactor.seconds() + BOUND
+    while not await condition():
+        assert reactor.seconds() < deadline, f"timed out waiting for {what}"
+        await task.deferLater(reactor, 0.05, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lease_in_async_with_is_renewed_and_released_on_an_exception(lab):
+    first = None
+    with pytest.raises(RuntimeError, match="scan failed"):
+        async with lab.lease("basic", seconds=1.5, wait=2) as held:
+            first = held.info["until_epoch"]
+
+            async def renewed():
+                return held.info["until_epoch"] > first
+
+            await until(renewed, "a renewal")
+            assert held.lost is None
+            raise RuntimeError("scan failed")
+    assert await bounded(lab.lease_request("show", "basic")) is None
