@@ -1,4 +1,5 @@
-"""The status page's buttons: restart a module, re-read the config; who may, and how.
+"""The status page's buttons: restart a module, break its lease, re-read the config;
+who may, and how.
 
 The buttons send ``POST /control`` with a JSON body such as
 ``{"action": "restart", "module": "laser"}``.  The page has no password,
@@ -28,7 +29,7 @@ from modserver.errors import ReplyError
 
 PATH = b"/control"
 TOKEN_HEADER = "X-Modserver-Token"
-ACTIONS = ("restart", "reload-config")
+ACTIONS = ("restart", "break-lease", "reload-config")
 MAX_BODY = 4096
 
 
@@ -67,7 +68,8 @@ def refusal(request: ControlRequest, token: str) -> Refusal | None:
     if not request.admin:
         return Refusal(
             403,
-            f"Forbidden: {request.who} may not restart modules or re-read the config: only "
+            f"Forbidden: {request.who} may not restart modules, break leases or re-read the "
+            "config: only "
             "administrators may; the operator names them with --admin-allow",
         )
     if not same_origin(request):
@@ -112,8 +114,8 @@ def parse_action(body: bytes) -> tuple[str, str | None]:
     if not isinstance(message, dict) or message.get("action") not in ACTIONS:
         raise ValueError(f'"action" must be one of {", ".join(ACTIONS)}')
     module = message.get("module")
-    if message["action"] == "restart" and not isinstance(module, str):
-        raise ValueError('"restart" needs the "module" to restart')
+    if message["action"] in ("restart", "break-lease") and not isinstance(module, str):
+        raise ValueError(f'"{message["action"]}" needs the "module" to act on')
     return message["action"], module
 
 
@@ -126,6 +128,14 @@ def perform(server, action: str, module: str | None, who: Identity) -> tuple[int
         except ReplyError as err:
             return 409, err.reason
         return 200, "Reloaded config"
+    if action == "break-lease":
+        try:
+            holder = server.break_lease(module, by=by)
+        except ReplyError as err:
+            return 409, err.reason
+        if holder is None:
+            return 404, f'Failed to find module "{module}"'
+        return 200, f"Broke {holder}'s lease on {module}"
     restarting = server.reload_module(module, by=by)
     if restarting is None:
         return 404, f'Failed to find module "{module}"'

@@ -105,7 +105,28 @@ class ServerCollector(Collector):
             "The module's call timeout (modules with one only).",
             labels=["module"],
         )
+        leased = GaugeMetricFamily(
+            "modserver_lease_held",
+            "1 while a client holds the module's lease, labelled with who.",
+            labels=["module", "holder"],
+        )
+        lease_left = GaugeMetricFamily(
+            "modserver_lease_seconds_left",
+            "Seconds left on the module's lease (modules leased now only).",
+            labels=["module"],
+        )
+        waiting = GaugeMetricFamily(
+            "modserver_queue_waiting",
+            "Calls waiting for the module, by client identity (address or cn:NAME).",
+            labels=["module", "client"],
+        )
         for name, module in modules.items():
+            lease = module["lease"]
+            if lease is not None:
+                leased.add_metric([name, lease["holder"]], 1)
+                lease_left.add_metric([name], lease["seconds_left"])
+            for client, count in module["waiting_by_client"].items():
+                waiting.add_metric([name, client], count)
             numbers = self.server.module(name).stats
             for outcome, count in module["outcomes"].items():
                 calls.add_metric([name, outcome], count)
@@ -124,6 +145,7 @@ class ServerCollector(Collector):
             if module["timeout"] is not None:
                 timeout.add_metric([name], module["timeout"])
         yield from (calls, durations, restarts, up, state, depth, limit, timeout)
+        yield from (leased, lease_left, waiting)
 
 
 def _le(bound: float) -> str:

@@ -352,6 +352,12 @@ class ModServer(service.MultiService):
         holder = supervisor.break_lease(str(who))
         return f"Broke {holder}'s lease on {request.module}"
 
+    def break_lease(self, name: str, by: str) -> str | None:
+        """End module ``name``'s lease (asked ``by`` someone): who held it, None for no
+        such module; ReplyError if it is not leased."""
+        supervisor = self.supervisors.get(name)
+        return None if supervisor is None else supervisor.break_lease(by)
+
     def reload_config(self, by: str | None = None) -> None:
         """Re-read the config file and apply it (asked ``by`` someone, or on a change
         or a signal); ReplyError if it cannot be read."""

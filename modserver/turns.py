@@ -40,6 +40,7 @@ class Turns:
         self.order = order
         self._queues: dict[str, collections.deque] = {}
         self._last_turn: dict[str, int] = {}  # identities with calls still waiting
+        self._latest = ""  # whose call was taken last (it may be running now)
         self._arrivals = 0
         self._turns = 0
         self._count = 0
@@ -73,14 +74,17 @@ class Turns:
     def _turn_of(self, who: str) -> int:
         if self.order == ARRIVAL:
             return 0
+        if who == self._latest:
+            return self._turns
         return self._last_turn.get(who, 0)
 
     def _pop(self, who: str):
         queue = self._queues[who]
         _, call = queue.popleft()
         self._count -= 1
+        self._turns += 1
+        self._latest = who
         if queue:
-            self._turns += 1
             self._last_turn[who] = self._turns
         else:
             del self._queues[who]

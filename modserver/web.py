@@ -159,11 +159,34 @@ def _restarts_cell(name: str, module: dict) -> str:
     return _details(f"{name}/restarts", str(module.get("restarts", 0)), history)
 
 
-def _controls_cell(name: str) -> str:
-    return (
+def _controls_cell(name: str, module: dict) -> str:
+    cell = (
         f'<button data-action="restart" data-module="{html.escape(name)}" '
         f'title="stop this worker (its __exit__ runs) and start a fresh one">restart</button>'
     )
+    lease = module.get("lease")
+    if lease:
+        cell += (
+            f' <button data-action="break-lease" data-module="{html.escape(name)}" '
+            f'title="end {html.escape(lease["holder"])}\'s lease now">break lease</button>'
+        )
+    return cell
+
+
+def _lease_cell(module: dict) -> str:
+    lease = module.get("lease")
+    if not lease:
+        return ""
+    text = f"{lease['holder']} until {lease['until']} ({math.ceil(lease['seconds_left'])} s left)"
+    waiting = module.get("lease_waiting") or []
+    if waiting:
+        text += "; waiting: " + ", ".join(waiting)
+    return html.escape(text)
+
+
+def _waiting_cell(module: dict) -> str:
+    by_client = module.get("waiting_by_client") or {}
+    return html.escape(", ".join(f"{who}: {count}" for who, count in by_client.items()))
 
 
 def render_row(name: str, module: dict, admin: bool = False) -> str:
@@ -193,6 +216,8 @@ def render_row(name: str, module: dict, admin: bool = False) -> str:
         f'<td class="num p99">{_latency(latency.get("p99"))}</td>',
         f'<td class="num queue">{module.get("queue", 0)}'
         f'<span class="limit"> / {module.get("queue_limit", "")}</span></td>',
+        f'<td class="waiting">{_waiting_cell(module)}</td>',
+        f'<td class="lease">{_lease_cell(module)}</td>',
         f'<td class="num timeout">{"none" if timeout is None else f"{timeout:g} s"}</td>',
         f'<td class="current">{html.escape(doing)}</td>',
         f'<td class="exit">{html.escape(module.get("last_exit") or "")}</td>',
@@ -200,7 +225,7 @@ def render_row(name: str, module: dict, admin: bool = False) -> str:
         f'<td class="log">{log_cell}</td>',
     ]
     if admin:
-        cells.append(f'<td class="controls">{_controls_cell(name)}</td>')
+        cells.append(f'<td class="controls">{_controls_cell(name, module)}</td>')
     return (
         f'<tr data-module="{html.escape(name)}" data-state="{html.escape(state)}">'
         + "".join(cells)
@@ -224,6 +249,8 @@ HEADINGS = [
     "p50",
     "p99",
     "queue",
+    "waiting",
+    "lease",
     "timeout",
     "current call",
     "last exit",
@@ -240,6 +267,8 @@ HEADING_TITLES = {
     "p99": f"99th percentile of that time, over the last {stats.LATENCY_WINDOW:g} s",
     "queue": "calls waiting / the module's queue_limit",
     "timeout": "the module's call timeout",
+    "waiting": "calls waiting, by client (they are served in turns)",
+    "lease": "who holds the module's lease, until when; who waits to take it",
     "restarts": "workers replaced; click for when and why",
 }
 

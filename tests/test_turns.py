@@ -55,6 +55,16 @@ def test_a_client_with_nothing_waiting_goes_right_after_the_current_call():
     assert taken(turns, 3) == ["c", "b2", "f2"]
 
 
+def test_the_client_whose_call_runs_goes_after_one_that_just_arrived():
+    turns = Turns()
+    turns.add(Request("A", "a1"))
+    assert taken(turns, 1) == ["a1"]  # it runs; A's queue is empty
+    for name in ("a2", "a3"):
+        turns.add(Request("A", name))
+    turns.add(Request("B", "b1"))
+    assert taken(turns, 3) == ["b1", "a2", "a3"]
+
+
 def test_arrival_order_serves_calls_as_they_came():
     turns = Turns(ARRIVAL)
     for name, who in (("a1", "A"), ("a2", "A"), ("b1", "B")):
