@@ -7,8 +7,10 @@ the administrator.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
+import urllib.request
 
 import pytest
 
@@ -221,3 +223,27 @@ def test_the_python_context_manager_renews_in_the_background(srv):
         assert client.lease_request("show", "basic")["holder"] == "127.0.0.1"
     with pytest.raises(ServerError, match="BadRequest: 127.0.0.1 holds no lease on basic"):
         client.lease_request("release", "basic")
+
+
+def test_leases_and_waiting_lines_show_in_status_json_and_metrics(tmp_path):
+    args = ("--http", "tcp:0:interface=127.0.0.1")
+    with ServerProcess(tmp_path, {"basic": BASIC}, args).start() as srv:
+        url = wait_for(
+            lambda: re.search(r"status page on (http://127\.0\.0\.1:\d+/)", srv.log()),
+            what="the status page",
+        ).group(1)
+        response(lease(srv, "take", "basic", 60, source=A))
+        thread, _ = in_thread(
+            call, srv.port, "basic", "add", 1, 2, source=B, lease_wait=True, timeout=15
+        )
+        wait_for(lambda: srv.module_status("basic")["queue"] == 1, what="B's call to wait")
+        with urllib.request.urlopen(url + "status.json", timeout=10) as page:
+            module = json.load(page)["modules"]["basic"]
+        assert module["lease"]["holder"] == A and module["waiting_by_client"] == {B: 1}
+        with urllib.request.urlopen(url + "metrics", timeout=10) as page:
+            metrics = page.read().decode()
+        assert 'modserver_lease_held{holder="127.0.0.2",module="basic"} 1.0' in metrics
+        assert re.search(r'modserver_lease_seconds_left\{module="basic"\} \d', metrics)
+        assert 'modserver_queue_waiting{client="127.0.0.3",module="basic"} 1.0' in metrics
+        response(lease(srv, "release", "basic", source=A))
+        thread.join(15)

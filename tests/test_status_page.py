@@ -18,10 +18,12 @@ import pytest
 
 from tests.helpers import (
     HARD_KILL_EXIT,
+    SECOND_LOOPBACK,
     ServerProcess,
     call,
     hello,
     kill_hard,
+    needs_second_loopback,
     response,
     wait_for,
 )
@@ -283,3 +285,21 @@ def test_readme_screenshot(browser):
         browser.get(srv.url)
         rows(browser)["echo"].find_element(By.CSS_SELECTOR, ".restarts summary").click()
         browser.save_screenshot(SHOT)
+
+
+@needs_second_loopback
+def test_an_administrator_breaks_a_lease_from_the_page(server, browser):
+    taken = call(server.port, "_lease", "take", "wavemeter", 60, source=SECOND_LOOPBACK)
+    assert response(taken)["holder"] == SECOND_LOOPBACK
+    browser.get(server.url)
+    wait = WebDriverWait(browser, 20, poll_frequency=0.1)
+    wait.until(lambda b: cell(b, "wavemeter", "lease").startswith("127.0.0.2 until "))
+    assert re.search(r"\(\d+ s left\)$", cell(browser, "wavemeter", "lease"))
+    click(browser, 'tr[data-module="wavemeter"] button[data-action="break-lease"]')
+    wait.until(
+        lambda b: (
+            b.find_element(By.ID, "control-result").text == "Broke 127.0.0.2's lease on wavemeter"
+        )
+    )
+    assert server.module_status("wavemeter")["lease"] is None
+    assert "lease of 127.0.0.2 broken by the status page (127.0.0.1)" in server.log()
