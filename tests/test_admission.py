@@ -213,7 +213,7 @@ def test_requests_to_a_module_in_a_long_backoff_are_answered_at_once():
     supervisor, reactor, _ = ready()
     for _ in range(3):  # it dies right after becoming ready: a crash loop
         reactor.last.exits(code=1)
-        reactor.advance(supervisor._next_start_in())
+        reactor.advance(supervisor.life.next_start_in())
         reactor.last.ready()
     running, waiting = make_call(function="running"), make_call(function="waiting")
     supervisor.submit(running)

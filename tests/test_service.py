@@ -63,7 +63,7 @@ def test_the_poll_loop_reloads_a_module_whose_file_changed(tmp_path):
     supervisor = server.module("laser")
     from modserver.watcher import content_digest
 
-    supervisor.files = {str(source): content_digest(b"v1")}
+    supervisor.life.files = {str(source): content_digest(b"v1")}
     reactor.advance(0.5)
     assert supervisor.state is State.READY
     source.write_text("v2")

@@ -3,6 +3,7 @@ then the supervisor that asks them, on a fake reactor."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -11,8 +12,11 @@ import pytest
 from twisted.internet import task
 
 from modserver.admission import QueueRules, WaitingLine
+from modserver.config import ModuleSpec
 from modserver.errors import ReplyError
 from modserver.leases import ModuleLease, parse_request
+from modserver.lifecycle import State
+from modserver.supervisor import WorkerSettings
 from modserver.turns import ARRIVAL, SessionHold, Turns
 from tests.fakes import RecordingSink, make_call, make_supervisor
 
@@ -317,3 +321,46 @@ def test_a_lease_survives_a_worker_restart():
     refused = make_call(client="B")
     supervisor.submit(refused)
     assert refused.sink.reply()["response"].startswith("Busy: laser is leased by A")
+
+
+# The call flow on its own, with a worker that is always ready -----------------------------
+
+
+class ReadyWorker:
+    """What CallFlow needs of worker_life.WorkerLife: a worker taking calls."""
+
+    state = State.READY
+    pending = None
+    stop_reason = None
+    process = None
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    def hello_error(self):
+        return None
+
+    def send(self, head, meta, request) -> None:
+        self.sent.append(json.loads(request))
+
+    def busy(self) -> None:
+        self.state = State.BUSY
+
+    def answered(self) -> None:
+        self.state = State.READY
+
+
+def test_the_call_flow_serves_turns_without_a_worker_process():
+    from modserver.call_flow import CallFlow
+    from modserver.stats import ModuleStats
+
+    worker, clock = ReadyWorker(), task.Clock()
+    spec = ModuleSpec(name="laser", module="m", entry="E")
+    flow = CallFlow(spec, WorkerSettings(access_log=False), clock, ModuleStats(), worker)
+    for name, who in (("a1", "A"), ("a2", "A"), ("a3", "A"), ("b1", "B")):
+        flow.submit(make_call(function=name, client=who))
+    for _ in range(3):
+        flow.reply_started(None, 0, flow.current.request_id, 10)
+        flow.reply_data(OK + b"\n")
+        flow.reply_ended()
+    assert [request["function"] for request in worker.sent] == ["a1", "b1", "a2", "a3"]
