@@ -9,11 +9,17 @@ Two figures, each measured in one run against its baseline:
   calls of ``sleep(--call-seconds)`` on one module; once they wait, client
   B (127.0.0.3) makes one call and times it.  Repeated ``--rounds`` times
   with the module's ``"order": "arrival"`` (ModuleServer's way: B waits
-  for everything ahead of it) and ``"turns"`` (the default): p50 and max.
+  for everything ahead of it) and ``"turns"`` (the default), and on the
+  ``--baseline`` checkout if given: p50 and max.
 - **What a kept call costs.**  One keep-alive session makes ``--calls``
   calls of ``echo(3)``; the p50 round trip, alternating between the
   servers compared ``--repeats`` times (``"arrival"`` and ``"turns"`` here,
   or the ``--baseline`` checkout and this one), medians of the p50s.
+  On a busy machine the round trip's noise hides a few microseconds, so
+  with ``--baseline`` the supervisor's own time per kept call is measured
+  too: in one process, with the test suite's fake worker (tests/fakes.py)
+  answering at once, no sockets; each checkout in its own process,
+  alternating.
 
 Linux only for the flood (it needs 127.0.0.2 and 127.0.0.3).
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -59,9 +66,11 @@ def server(order: str | None, checkout: Path | None = None):
             os.environ["PYTHONPATH"] = saved
 
 
-def b_waits(order: str, rounds: int, flood: int, seconds: float) -> list[float]:
+def b_waits(
+    order: str | None, rounds: int, flood: int, seconds: float, checkout: Path | None = None
+) -> list[float]:
     waits = []
-    with server(order) as srv:
+    with server(order, checkout) as srv:
         for _ in range(rounds):
             threads = [
                 threading.Thread(
@@ -98,6 +107,44 @@ def kept_call_p50(srv, calls: int) -> float:
     return statistics.median(times)
 
 
+# Runs in a checkout (its modserver and tests.fakes): microseconds of
+# supervisor time per kept call, the median of 20 batches.
+SUPERVISOR_TIME = """
+import statistics, time
+from tests.fakes import RecordingSink, make_call, make_supervisor
+supervisor, reactor, _ = make_supervisor()
+supervisor.start()
+reactor.last.ready()
+sink = RecordingSink()
+body = b'{"response": 3, "error": false, "traceback": ""}'
+request_id, batches = 0, []
+for batch in range(21):
+    started = time.perf_counter()
+    for _ in range(2000):
+        supervisor.submit(make_call(sink, function="echo", keep_alive=True))
+        request_id += 1
+        reactor.last.replies(request_id, body)
+    batches.append((time.perf_counter() - started) / 2000)
+    sink.events.clear()
+    reactor.last.transport.written.clear()
+print(statistics.median(batches[1:]) * 1e6)
+"""
+
+
+def supervisor_time(checkout: Path) -> float:
+    env = dict(os.environ, PYTHONPATH=str(checkout))
+    result = subprocess.run(
+        [sys.executable, "-c", SUPERVISOR_TIME],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return float(result.stdout)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -112,10 +159,13 @@ def main() -> int:
         f"B's wait for one call while A floods {args.flood} x sleep({args.call_seconds:g}) "
         f"({args.rounds} rounds)"
     )
-    for order in ("arrival", "turns"):
-        waits = b_waits(order, args.rounds, args.flood, args.call_seconds)
+    compared_waits = {"arrival": ("arrival", None), "turns": ("turns", None)}
+    if args.baseline is not None:
+        compared_waits = {"baseline": (None, args.baseline.resolve()), **compared_waits}
+    for name, (order, checkout) in compared_waits.items():
+        waits = b_waits(order, args.rounds, args.flood, args.call_seconds, checkout)
         print(
-            f"  {order:8s} p50 {statistics.median(waits) * 1000:7.1f} ms   "
+            f"  {name:8s} p50 {statistics.median(waits) * 1000:7.1f} ms   "
             f"max {max(waits) * 1000:7.1f} ms"
         )
 
@@ -137,6 +187,20 @@ def main() -> int:
         )
     first, second = (statistics.median(v) for v in p50s.values())
     print(f"  ratio {second / first:.3f}")
+    if args.baseline is None:
+        return 0
+    times: dict[str, list[float]] = {"baseline": [], "this": []}
+    for _ in range(args.repeats):
+        times["baseline"].append(supervisor_time(args.baseline.resolve()))
+        times["this"].append(supervisor_time(HERE.parent))
+    print(f"Supervisor time per kept call (fake worker, no sockets), median of {args.repeats}")
+    for name, values in times.items():
+        print(
+            f"  {name:8s} {statistics.median(values):6.1f} us   "
+            f"(runs {min(values):.1f}-{max(values):.1f})"
+        )
+    base, this = (statistics.median(v) for v in times.values())
+    print(f"  ratio {this / base:.3f}")
     return 0
 
 
