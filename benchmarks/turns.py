@@ -17,9 +17,9 @@ Two figures, each measured in one run against its baseline:
   or the ``--baseline`` checkout and this one), medians of the p50s.
   On a busy machine the round trip's noise hides a few microseconds, so
   with ``--baseline`` the supervisor's own time per kept call is measured
-  too: in one process, with the test suite's fake worker (tests/fakes.py)
-  answering at once, no sockets; each checkout in its own process,
-  alternating.
+  too: its CPU time (so other programs' load counts less), in one
+  process, with the test suite's fake worker (tests/fakes.py) answering at
+  once, no sockets; each checkout in its own process, alternating.
 
 Linux only for the flood (it needs 127.0.0.2 and 127.0.0.3).
 """
@@ -107,8 +107,8 @@ def kept_call_p50(srv, calls: int) -> float:
     return statistics.median(times)
 
 
-# Runs in a checkout (its modserver and tests.fakes): microseconds of
-# supervisor time per kept call, the median of 20 batches.
+# Runs in a checkout (its modserver and tests.fakes): microseconds of the
+# supervisor's CPU time per kept call, the median of 20 batches.
 SUPERVISOR_TIME = """
 import statistics, time
 from tests.fakes import RecordingSink, make_call, make_supervisor
@@ -119,12 +119,12 @@ sink = RecordingSink()
 body = b'{"response": 3, "error": false, "traceback": ""}'
 request_id, batches = 0, []
 for batch in range(21):
-    started = time.perf_counter()
+    started = time.process_time()
     for _ in range(2000):
         supervisor.submit(make_call(sink, function="echo", keep_alive=True))
         request_id += 1
         reactor.last.replies(request_id, body)
-    batches.append((time.perf_counter() - started) / 2000)
+    batches.append((time.process_time() - started) / 2000)
     sink.events.clear()
     reactor.last.transport.written.clear()
 print(statistics.median(batches[1:]) * 1e6)
@@ -193,7 +193,7 @@ def main() -> int:
     for _ in range(args.repeats):
         times["baseline"].append(supervisor_time(args.baseline.resolve()))
         times["this"].append(supervisor_time(HERE.parent))
-    print(f"Supervisor time per kept call (fake worker, no sockets), median of {args.repeats}")
+    print(f"Supervisor CPU time per kept call (fake worker, no sockets), median of {args.repeats}")
     for name, values in times.items():
         print(
             f"  {name:8s} {statistics.median(values):6.1f} us   "

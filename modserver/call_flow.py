@@ -41,6 +41,7 @@ class CallFlow:
     """
 
     def __init__(self, spec: ModuleSpec, settings, reactor, stats: ModuleStats, life) -> None:
+        self.name = spec.name  # a config change never renames a module
         self.reactor = reactor
         self.settings = settings
         self.stats = stats
@@ -59,10 +60,6 @@ class CallFlow:
         self._request_ids = 0
         self._timers: dict[str, object] = {}
         self._relay = ReplyRelay(spec.name, self.log, peek_errors=self.access is not None)
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
     @property
     def spec(self) -> ModuleSpec:
@@ -97,7 +94,9 @@ class CallFlow:
         if refusal is not None:
             self._fail_call(call, refusal)
             return
-        refusal = self.leases.refusal(owner(call), call.received)
+        refusal = None
+        if self.leases.lease is not None:  # (the common case asks nothing more)
+            refusal = self.leases.refusal(owner(call), call.received)
         if refusal is not None and not call.lease_wait:
             self._fail_call(call, refusal)
             return
@@ -149,6 +148,8 @@ class CallFlow:
     def _next_call(self) -> Call | None:
         if self.holder is not None:
             return self.line.next_call(lambda call: call.sink is self.holder)
+        if self.leases.lease is None:
+            return self.line.next_call()
         holder = self.leases.holder(self.reactor.seconds())
         if holder is None:
             return self.line.next_call()
@@ -313,12 +314,14 @@ class CallFlow:
         self._log_access(call, outcome)
         held = call.keep_alive and not call.abandoned and not error
         held = held and self.life.state is State.BUSY
-        if held and not self.hold.keeps(self.reactor.seconds(), self._others_waiting()):
+        others = self._others_waiting()
+        if held and not self.hold.keeps(self.reactor.seconds(), others):
             held = False
             self._log_giving_way(owner(call))
         if held:
             self.holder, self.holder_owner = call.sink, owner(call)
-            self._watch_hold()
+            if others:
+                self._watch_hold()
         else:
             self._drop_holder()
         self.life.answered()

@@ -53,6 +53,7 @@ class WorkerLife:
 
     def __init__(self, spec: ModuleSpec, settings, reactor, stats: ModuleStats, events) -> None:
         self.spec = spec
+        self.name = spec.name  # a config change never renames a module
         self.settings = settings
         self.reactor = reactor
         self.stats = stats
@@ -78,10 +79,6 @@ class WorkerLife:
         self._policy = settings.restart_policy()
         self._served = 0  # calls the current worker answered
         self._death: str = ""  # how the last worker died, and its last output
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
     # Commands ---------------------------------------------------------
 
