@@ -101,6 +101,10 @@ def test_a_relative_interpreter_path_is_relative_to_the_config():
         ({"module": "a", "entry": "B", "queue_share": 0}, '"queue_share" must be a whole number'),
         ({"module": "a", "entry": "B", "queue_wait": -5}, '"queue_wait" must be a positive'),
         ({"module": "a", "entry": "B", "queue_wait": True}, '"queue_wait" must be a positive'),
+        ({"module": "a", "entry": "B", "keep_alive_hold": -1}, '"keep_alive_hold" must be'),
+        ({"module": "a", "entry": "B", "keep_alive_hold": False}, '"keep_alive_hold" must be'),
+        ({"module": "a", "entry": "B", "max_lease": 0}, '"max_lease" must be a positive'),
+        ({"module": "a", "entry": "B", "order": "fifo"}, '"order" must be one of turns, arrival'),
         (
             {"module": "a", "entry": "B", "env": {"A": 1}},
             '"env" must be an object of string values',

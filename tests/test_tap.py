@@ -10,6 +10,7 @@ from twisted.python import usage
 
 from modserver import platforms, tap
 from modserver.endpoints import windows_paths_escaped
+from modserver.supervisor import ModuleSupervisor
 from tests.fakes import FakeReactor
 
 
@@ -79,6 +80,19 @@ def test_make_service_from_options(tmp_path):
     assert service.config.names == ["laser"]
     assert service.settings.workers.max_reply == 2 * 1024**2
     assert service.settings.workers.import_paths[0] == str(tmp_path)
+
+
+def test_the_longest_lease_is_the_servers_default_unless_a_module_says(tmp_path):
+    config = tmp_path / "lab.config"
+    config.write_text(
+        '{"laser": ["laser", "Laser", null], '
+        '"stage": {"module": "stage", "entry": "Stage", "max_lease": 60}}'
+    )
+    service = tap.makeService(options("--config", str(config), "--max-lease", "900"), FakeReactor())
+    workers = service.settings.workers
+    for name, longest in (("laser", 900), ("stage", 60)):
+        module = ModuleSupervisor(service.config.get(name), workers, FakeReactor())
+        assert module.leases.max_seconds == longest
 
 
 def test_unreadable_config_exits_with_one_line(tmp_path):
@@ -153,10 +167,14 @@ def test_a_bad_option_value_names_the_option(argv, message):
 @pytest.mark.parametrize(
     "written, escaped",
     [
-        (r"mtls:0:certKey=C:\certs\server.pem:caCerts=C:\certs\ca.pem",
-         r"mtls:0:certKey=C\:\\certs\\server.pem:caCerts=C\:\\certs\\ca.pem"),
-        (r"ssl:443:privateKey=d:/keys/k.pem:certKey=d:/keys/c.pem:interface=0.0.0.0",
-         r"ssl:443:privateKey=d\:/keys/k.pem:certKey=d\:/keys/c.pem:interface=0.0.0.0"),
+        (
+            r"mtls:0:certKey=C:\certs\server.pem:caCerts=C:\certs\ca.pem",
+            r"mtls:0:certKey=C\:\\certs\\server.pem:caCerts=C\:\\certs\\ca.pem",
+        ),
+        (
+            r"ssl:443:privateKey=d:/keys/k.pem:certKey=d:/keys/c.pem:interface=0.0.0.0",
+            r"ssl:443:privateKey=d\:/keys/k.pem:certKey=d\:/keys/c.pem:interface=0.0.0.0",
+        ),
         # already escaped, or not a path with a drive: as written
         (r"ssl:443:certKey=C\:/certs/server.pem", r"ssl:443:certKey=C\:/certs/server.pem"),
         ("mtls:0:certKey=server.pem:caCerts=ca.pem", "mtls:0:certKey=server.pem:caCerts=ca.pem"),
