@@ -166,7 +166,7 @@ class ModuleLease:
         """``who`` gives its lease back."""
         lease = self.current(now)
         if lease is not None and lease.holder != who:
-            return self._not_yours(lease, who, now)
+            raise self._not_yours(lease, who)
         if lease is None:
             raise self._not_held(who, now, "to release", "there is nothing to give back")
         return self._end("was released", now)
@@ -191,8 +191,8 @@ class ModuleLease:
             self._ended.pop(next(iter(self._ended)))
         return lease
 
-    def _not_yours(self, lease: Lease, who: str, now: float):
-        raise ReplyError(
+    def _not_yours(self, lease: Lease, who: str) -> ReplyError:
+        return ReplyError(
             "Forbidden",
             f"{self.module} is leased by {lease.holder}, not by {who}: only its holder may "
             "release it (an administrator may break it)",
