@@ -46,7 +46,7 @@ def in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, list]:
 
 
 def test_a_flood_from_one_address_leaves_another_served_within_one_call(tmp_path):
-    with ServerProcess(tmp_path, {"basic": BASIC}, ("--no-access-log",)).start() as srv:
+    with ServerProcess(tmp_path, {"basic": BASIC}).start() as srv:
         flood = [in_thread(call, srv.port, "basic", "sleep", 0.5, source=A) for _ in range(16)]
         wait_for(lambda: srv.module_status("basic")["queue"] >= 12, what="A's flood to queue")
         waiting = srv.module_status("basic")["waiting_by_client"]
@@ -55,6 +55,12 @@ def test_a_flood_from_one_address_leaves_another_served_within_one_call(tmp_path
         assert response(reply) == 3
         # In arrival order B would wait for the 12+ calls ahead of it: 6 s or more.
         assert seconds < 3.0, f"B waited {seconds:.2f} s behind A's flood"
+        # On the server, from arrival to reply: the rest of A's call running, then B's.
+        served = wait_for(
+            lambda: re.search(r"127\.0\.0\.3 add\(\) ok in ([\d.]+) ms", srv.log()),
+            what="B's access line",
+        )
+        assert float(served.group(1)) < 500 + 300, "B waited longer than one of A's calls"
         for thread, results in flood:
             thread.join(30)
             assert results and results[0]["error"] is False
