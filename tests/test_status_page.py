@@ -272,6 +272,7 @@ def test_readme_screenshot(browser):
         for channel in range(40):
             response(call(srv.port, "wavemeter", "GetWavelength", channel % 8))
         response(call(srv.port, "echo", "echo", "hello"))
+        response(call(srv.port, "_lease", "take", "laser", 600))
         pid = srv.module_status("echo")["pid"]
         kill_hard(pid)
         wait_for(
@@ -281,7 +282,7 @@ def test_readme_screenshot(browser):
             what="echo back",
         )
         wait_for(lambda: srv.status()["server"]["uptime"] >= 4, what="a few seconds of uptime")
-        browser.set_window_size(1600, 660)
+        browser.set_window_size(1800, 660)
         browser.get(srv.url)
         rows(browser)["echo"].find_element(By.CSS_SELECTOR, ".restarts summary").click()
         browser.save_screenshot(SHOT)
