@@ -126,6 +126,13 @@ def test_a_certificate_name_can_admit_a_client_its_address_does_not():
     assert p.admits(Identity.of("192.168.5.5", cn="alice"))
 
 
+def test_turns_and_leases_know_a_client_by_its_certificate_else_its_address():
+    assert Identity.of("10.0.0.1", cn="alice").owner == "cn:alice"
+    assert Identity.of("10.0.0.2", cn="alice").owner == "cn:alice"  # alice on another PC
+    assert Identity.of("::ffff:10.0.0.1").owner == "10.0.0.1"
+    assert Identity(None).owner == "local socket"
+
+
 def test_identities_print_as_people_read_them():
     assert str(Identity.of("::ffff:10.0.0.1")) == "10.0.0.1"
     assert str(Identity.of("10.0.0.1", cn="alice")) == "10.0.0.1 (cn=alice)"
