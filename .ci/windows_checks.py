@@ -25,7 +25,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from pathlib import Path
 
 MODULE = '''\
@@ -168,13 +167,27 @@ class Server:
         env = dict(os.environ, CHECK_MARK=self.mark)
         # Wine-only: pipes for the standard handles (Wine 8 takes no regular file).
         self.process = subprocess.Popen(
-            ["wine", self.twistd, *self.before, "-n", "modserver", "--config",
-             windows_path(self.work / "server.config"), "--port", str(self.port)],
-            cwd=self.work, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [
+                "wine",
+                self.twistd,
+                *self.before,
+                "-n",
+                "modserver",
+                "--config",
+                windows_path(self.work / "server.config"),
+                "--port",
+                str(self.port),
+            ],
+            cwd=self.work,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
         threading.Thread(target=self._read, daemon=True).start()
-        wait_for(lambda: f"listening on 127.0.0.1:{self.port}" in self.log(), "the server to listen", 60)
+        wait_for(
+            lambda: f"listening on 127.0.0.1:{self.port}" in self.log(), "the server to listen", 60
+        )
 
     def _read(self) -> None:
         for line in self.process.stdout:
@@ -185,9 +198,13 @@ class Server:
 
     def server_pid(self) -> int:
         """The Unix pid of the server's python.exe (twistd.exe is a launcher)."""
-        found = [pid for pid, line in wine_processes()
-                 if "server.config" in line and windows_path(self.work) in line
-                 and line.split(" ", 1)[0].lower().endswith("python.exe")]
+        found = [
+            pid
+            for pid, line in wine_processes()
+            if "server.config" in line
+            and windows_path(self.work) in line
+            and line.split(" ", 1)[0].lower().endswith("python.exe")
+        ]
         if len(found) != 1:
             raise Failed(f"expected one server process, found {found}")
         return found[0]
@@ -196,8 +213,9 @@ class Server:
         return exchange(self.port, {"name": name})[0]
 
     def call(self, module: str, function: str, *args, timeout: float = 30.0):
-        ack, *reply = exchange(self.port, {"name": module},
-                               {"function": function, "args": list(args)}, timeout=timeout)
+        ack, *reply = exchange(
+            self.port, {"name": module}, {"function": function, "args": list(args)}, timeout=timeout
+        )
         if ack != {"response": "ack", "error": False, "traceback": ""}:
             raise Failed(f"{module}: no ack: {ack['response']}")
         return reply[0]
@@ -215,6 +233,7 @@ class Server:
         def ready():
             status = self.status(module)
             return status["state"] == "ready" and status["pid"] not in (None, old) and status
+
         return wait_for(ready, f"{module} to be restarted")["pid"]
 
     def stop(self) -> None:
@@ -228,7 +247,6 @@ def no_process_left(mark_lines) -> bool:
 
 
 def checks(server: Server, twistd: str) -> None:
-    port = server.port
     ping = server.hello(None)["response"]
     assert ping[0] == "127.0.0.1", ping
     yield "ping, from Linux to the server under Wine"
@@ -254,8 +272,13 @@ def checks(server: Server, twistd: str) -> None:
 
     pid = server.value("wcheck", "pid")
     child = server.value("wcheck", "spawn_child")
-    taskkill = subprocess.run(["wine", "taskkill", "/F", "/PID", str(pid)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    taskkill = subprocess.run(
+        ["wine", "taskkill", "/F", "/PID", str(pid)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=60,
+    )
     assert b"terminated" in taskkill.stdout.lower() or taskkill.returncode == 0, taskkill.stdout
     server.ready_with_new_pid("wcheck", pid)
     wait_for(lambda: not server.value("wobserver", "alive", child), "the worker's child to end")
@@ -309,7 +332,9 @@ def checks(server: Server, twistd: str) -> None:
     wait_for(lambda: server.status("wthird")["state"] == "ready", "the modules to start")
     server.value("wcheck", "spawn_child")
     os.kill(server.server_pid(), signal.SIGKILL)
-    wait_for(lambda: no_process_left(["worker.py w", server.mark]), "every worker and child to end", 30)
+    wait_for(
+        lambda: no_process_left(["worker.py w", server.mark]), "every worker and child to end", 30
+    )
     assert not list(server.work.glob("exited-*"))
     yield "a hard kill of the server ends every worker and what they started (kill on close)"
 
@@ -319,8 +344,13 @@ def venv_check(python: str, work: Path, port: int, source: Path) -> str:
     venv = work / "venv"
 
     def run(*args):
-        result = subprocess.run(["wine", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, timeout=900)
+        result = subprocess.run(
+            ["wine", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=900,
+        )
         if result.returncode != 0:
             raise Failed(f"{args} failed:\n{result.stdout.decode(errors='replace')}")
 
@@ -331,10 +361,19 @@ def venv_check(python: str, work: Path, port: int, source: Path) -> str:
     for dll in home.parent.glob("*.dll"):
         (venv / "Scripts" / dll.name).write_bytes(dll.read_bytes())
     venv_python = windows_path(venv / "Scripts" / "python.exe")
-    run(venv_python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-        windows_path(source))
-    server = Server(venv_python, work, port, "venv",
-                    ["-c", "from twisted.scripts.twistd import run; run()"])
+    run(
+        venv_python,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        windows_path(source),
+    )
+    server = Server(
+        venv_python, work, port, "venv", ["-c", "from twisted.scripts.twistd import run; run()"]
+    )
     try:
         server.start()
         prefix = server.value("wcheck", "prefix")
@@ -355,10 +394,18 @@ def main() -> int:
     work = options.work
     work.mkdir(parents=True, exist_ok=True)
     (work / "wcheck.py").write_text(MODULE)
-    (work / "server.config").write_text(json.dumps({
-        "wcheck": {"module": "wcheck", "entry": "Check", "timeout": 3},
-        "wobserver": {"module": "wcheck", "entry": "Check", "env": {"CHECK_NAME": "wobserver"}},
-    }))
+    (work / "server.config").write_text(
+        json.dumps(
+            {
+                "wcheck": {"module": "wcheck", "entry": "Check", "timeout": 3},
+                "wobserver": {
+                    "module": "wcheck",
+                    "entry": "Check",
+                    "env": {"CHECK_NAME": "wobserver"},
+                },
+            }
+        )
+    )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -371,8 +418,11 @@ def main() -> int:
             print(f"  ok {time.monotonic() - started:5.1f} s  {done}", flush=True)
         if options.venv:
             (work / "wcheck.py").write_text(MODULE)
-            print(f"  ok {time.monotonic() - started:5.1f} s  "
-                  f"{venv_check(options.python, work, port, options.venv)}", flush=True)
+            print(
+                f"  ok {time.monotonic() - started:5.1f} s  "
+                f"{venv_check(options.python, work, port, options.venv)}",
+                flush=True,
+            )
     except (Failed, AssertionError, subprocess.SubprocessError) as exc:
         print(f"FAILED: {exc!r}\n--- server log ---\n{server.log()}", file=sys.stderr)
         return 1

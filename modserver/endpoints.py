@@ -56,6 +56,7 @@ def windows_paths_escaped(description: str) -> str:
     (``C\\:\\\\certs\\\\server.pem``), up to the next ``:``; a value already
     escaped (``C\\:/certs/server.pem``) is left as it is.
     """
+
     def escaped(found: re.Match) -> str:
         rest = found["rest"].replace("\\", "\\\\")
         return f"{found['option']}{found['drive']}\\:{rest}"

@@ -231,7 +231,9 @@ class ServerProcess:
             # Windows: a group of its own, so that Ctrl-Break reaches only the server.
             # (Not under Wine, where Ctrl-Break is a SIGINT to the server alone
             # and a new group would ignore it as Windows ignores Ctrl-C there.)
-            creationflags=0 if wine.UNDER_WINE else getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),
+            creationflags=0
+            if wine.UNDER_WINE
+            else getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),
             # A test run started in the background (`cmd &`) ignores SIGINT, and
             # so would the server: give it Ctrl-C as a terminal would.
             preexec_fn=None if ON_WINDOWS else _default_sigint,

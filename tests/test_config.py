@@ -53,7 +53,8 @@ def test_object_form_with_every_option():
     assert spec.cwd == os.path.normpath("/lab/config/drivers")
     assert spec.env == (("DLL_PATH", "C:/x"),)
     assert spec.timeout == 30.0 and spec.queue_limit == 5
-    assert spec.watch == tuple(map(os.path.normpath, ["/lab/config/drivers/stage.ini", "/abs/file"]))
+    watched = ["/lab/config/drivers/stage.ini", "/abs/file"]
+    assert spec.watch == tuple(map(os.path.normpath, watched))
 
 
 def test_object_form_defaults():

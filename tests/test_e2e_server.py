@@ -21,12 +21,12 @@ from tests.helpers import (
     Connection,
     ServerProcess,
     call,
-    stopped_gracefully,
     free_port,
     hello,
     modserver_command,
     pid_alive,
     response,
+    stopped_gracefully,
     wait_for,
 )
 
@@ -89,9 +89,7 @@ def test_port_in_use_is_a_one_line_error_and_starts_no_worker(tmp_path):
         (tmp_path / "server.config").write_text(json.dumps({"basic": ["basic", "Basic", None]}))
         (tmp_path / "basic.py").write_text((ROOT / "tests/modules/basic.py").read_text())
         result = run_twistd(["--port", str(port)], tmp_path)
-        _one_line_error(
-            result, f"cannot listen on tcp:{port}:interface=127.0.0.1", ADDRESS_IN_USE
-        )
+        _one_line_error(result, f"cannot listen on tcp:{port}:interface=127.0.0.1", ADDRESS_IN_USE)
         assert "starting worker" not in result.stdout
     finally:
         taken.close()

@@ -67,7 +67,9 @@ def test_a_hello_is_a_name_or_one_bad_request(message):
 def test_an_empty_module_name_is_a_bad_request():
     with pytest.raises(ReplyError) as caught:
         messages.hello_name({"name": ""})
-    assert caught.value.reason == 'BadRequest: "name" is empty: name a module, or "_help" for the list'
+    assert caught.value.reason == (
+        'BadRequest: "name" is empty: name a module, or "_help" for the list'
+    )
 
 
 @given(messages_like)
