@@ -14,6 +14,9 @@ class Bench:
         """Return at once: what is left is the server's own cost."""
         return None
 
+    def echo(self, value):
+        return value
+
     def blob(self, size):
         """A string of ``size`` bytes (made once, so only its transport is timed)."""
         if size not in self._blobs:

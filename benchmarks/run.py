@@ -63,7 +63,13 @@ class ModServer:
 
     name = "modserver"
 
-    def __init__(self, modules: dict[str, str], extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        modules: dict[str, str],
+        extra: tuple[str, ...] = (),
+        log_level: str = "warn",
+        source: Path | None = None,
+    ) -> None:
         self.dir = tempfile.TemporaryDirectory()
         self.root = Path(self.dir.name)
         (self.root / "bench_module.py").write_text(BENCH.read_text())
@@ -72,6 +78,9 @@ class ModServer:
         (self.root / "server.config").write_text(json.dumps(config))
         self.log = self.root / "server.log"
         self.started = time.perf_counter()
+        env = None
+        if source is not None:  # another checkout's modserver package (benchmarks/versions.py)
+            env = {**os.environ, "PYTHONPATH": str(source)}
         self.process = subprocess.Popen(
             [
                 *twistd(),
@@ -83,10 +92,11 @@ class ModServer:
                 "--listen",
                 "tcp:0:interface=127.0.0.1",
                 "--log-level",
-                "warn",
+                log_level,
                 *extra,
             ],
             cwd=self.root,
+            env=env,
             stdout=open(self.log, "wb"),
             stderr=subprocess.STDOUT,
         )

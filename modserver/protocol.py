@@ -21,6 +21,7 @@ from modserver.admission import REFUSING_AT_ONCE
 from modserver.calls import Call, CallSink
 from modserver.endpoints import is_tls_error, tls_reason
 from modserver.errors import ReplyError, bad_request
+from modserver.flush import flush
 from modserver.lines import ChunkedLineReceiver
 from modserver.supervisor import LoadFailed
 
@@ -351,6 +352,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._supervisor = supervisor
         self._admin = self.server.access.is_admin(self.identity)
         self.transport.write(wire.encode_reply("ack", plain=plain))
+        flush(self.transport)
         self._await_input(self.settings.idle_timeout)
 
     def _lease_request(self, message, plain: bool) -> None:
@@ -445,6 +447,8 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         call, self._call = self._call, None
         self._waiting = False
         self._unregister_producer()
+        if not self._closing:
+            flush(self.transport)  # the reply's tail leaves now, not at the next turn
         if self._reply_error or not complete or call is None or not call.keep_alive:
             self._close()
             return
