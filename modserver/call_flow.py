@@ -163,8 +163,15 @@ class CallFlow:
         self.life.busy()
         meta = call.meta or json.dumps({"client": call.client_ip}).encode("utf-8") + b"\n"
         flags = channel.PLAIN if call.plain else 0
-        head = channel.header(channel.CALL, len(meta) + len(call.request), flags, call.request_id)
-        self.life.send(head, meta, call.request)
+        if call.binary:
+            flags |= channel.BINARY
+        if call.segments:  # the worker finds where the request ends, and the segments start
+            described = {"client": call.client_ip, "request_bytes": len(call.request)}
+            meta = json.dumps(described).encode("utf-8") + b"\n"
+        length = len(meta) + len(call.request) + sum(map(len, call.segments))
+        head = channel.header(channel.CALL, length, flags, call.request_id)
+        self.life.send(head, meta, call.request, *call.segments)
+        call.segments = ()  # the transport holds them until written; the call need not
         call.sent()
         kill_after, give_up_after = call_deadlines(call, self.spec.timeout)
         if kill_after is not None:

@@ -66,6 +66,8 @@ class Call:
     answered: bool = False
     abandoned: bool = False  # answered with Timeout while the worker goes on with it
     release: Callable[[], None] | None = None  # gives back the request's bytes, once
+    binary: bool = False  # the client takes binary segments in its reply
+    segments: tuple = ()  # the request's binary segments, in pieces as received
 
     def sent(self) -> None:
         """The request left the server (to the worker) or was dropped: free its bytes."""

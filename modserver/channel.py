@@ -30,6 +30,7 @@ LOG = 13  # JSON: one logging record
 # flags
 PLAIN = 0x01  # CALL: answer in plain JSON; REPLY: the reply is plain JSON
 ERROR = 0x02  # REPLY: an error reply (the client connection closes after it)
+BINARY = 0x04  # CALL: the client takes binary segments (binary.py) in its reply
 
 MAX_FRAME = 0xFFFFFFFF
 

@@ -45,6 +45,26 @@ except ImportError:  # this file on its own
         return urllib.parse.unquote_to_bytes(data.replace(b"+", b" ")).decode("utf-8", "replace")
 
 
+try:  # arrays and bytes as binary segments: with the package and numpy only
+    from modserver import binary as _binary
+except ImportError:  # this file on its own: JSON, as the original
+    _binary = None
+
+
+def _numpy():
+    """numpy, if this Python has it (imported on first use: it takes a while)."""
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return numpy
+
+
+def binary_available() -> bool:
+    """True if this client can take arrays as binary segments (numpy and the package)."""
+    return _binary is not None and _numpy() is not None
+
+
 DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 36577
 DEFAULT_TIMEOUT = 2.0
@@ -183,8 +203,10 @@ class _Connection:
         timeout: float,
         tls: ssl.SSLContext = None,
         timeout_option: str = PYTHON_TIMEOUT_OPTION,
+        binary: bool = False,
     ) -> None:
         self.where = "%s:%s" % (host, port)
+        self.binary = binary  # requests ask for binary segments, and may send them
         self.timeout_option = timeout_option
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout)
@@ -224,8 +246,18 @@ class _Connection:
             ) from None
 
     def send(self, message: dict) -> None:
+        segments = ()
+        if self.binary and "function" in message:
+            message = dict(message, binary=1)
+            encoder = _binary.Encoder()
+            line = _binary.dumps(message, encoder).encode("utf-8")
+            segments = encoder.segments
+        else:
+            line = json.dumps(message).encode("utf-8")
         try:
-            self.sock.sendall(_quote(json.dumps(message).encode("utf-8")) + b"\n")
+            self.sock.sendall(_quote(line) + b"\n")
+            for segment in segments:
+                self.sock.sendall(segment)
         except ssl.SSLError as exc:
             raise _tls_failure(self.where, exc) from None
         except OSError as exc:
@@ -266,10 +298,52 @@ class _Connection:
         end = data.index(b"\n")
         chunks.append(data[:end])
         self._pending = data[end + 1 :]
-        reply = json.loads(_unquote(b"".join(chunks)))
+        text = _unquote(b"".join(chunks))
+        reply = json.loads(text)
+        if self.binary and isinstance(reply, dict) and reply.get("segments"):
+            reply = self._with_segments(text, reply["segments"], what, timeout)
         if reply.get("error"):
             raise ServerError(str(reply.get("response")), reply.get("traceback") or "")
         return reply.get("response")
+
+    def _with_segments(self, text: str, sizes, what: str, timeout: float):
+        """The reply with its arrays: its segments read into one buffer, arrays made
+        on it (numpy.frombuffer: no copy)."""
+        try:
+            sizes = _binary.segment_sizes(sizes, 1 << 62)
+        except _binary.BinaryError as exc:
+            raise ClientError("a malformed binary reply from %s: %s" % (self.where, exc)) from None
+        buffer = bytearray(sum(sizes))
+        view = memoryview(buffer)
+        have = min(len(self._pending), len(buffer))
+        view[:have] = self._pending[:have]
+        self._pending = self._pending[have:]
+        try:
+            while have < len(buffer):
+                got = self.sock.recv_into(view[have:], min(len(buffer) - have, 1 << 24))
+                if not got:
+                    raise ConnectionFailed(
+                        "modserver at %s closed the connection in the middle of a binary "
+                        "reply while %s" % (self.where, what)
+                    )
+                have += got
+        except socket.timeout:
+            raise ReplyTimeout(
+                "the binary reply from modserver at %s stopped for %g s while %s"
+                % (self.where, timeout, what)
+            ) from None
+        except ssl.SSLError as exc:
+            raise _tls_failure(self.where, exc) from None
+        except ConnectionFailed:
+            raise
+        except OSError as exc:
+            raise ConnectionFailed(
+                "lost the connection to modserver at %s while %s: %s" % (self.where, what, exc)
+            ) from None
+        try:
+            return _binary.loads(text, sizes, buffer, _binary.numpy_rebuild(_numpy()))
+        except _binary.BinaryError as exc:
+            raise ClientError("a malformed binary reply from %s: %s" % (self.where, exc)) from None
 
     def _closed_hint(self) -> str:
         if isinstance(self.sock, ssl.SSLSocket) or self._answered:
@@ -328,11 +402,16 @@ class Client:
         tls_ca: str = None,
         tls_cert: str = None,
         tls_key: str = None,
+        binary: bool = None,
     ) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
         self.tls = client_tls(tls, tls_ca, tls_cert, tls_key)
+        if binary and not binary_available():
+            raise ClientError("binary=True needs numpy and the modserver package")
+        # Arrays and bytes as binary segments: by default when numpy can be imported.
+        self.binary = binary_available() if binary is None else bool(binary)
 
     def __repr__(self) -> str:
         tls = ", tls=True" if self.tls is not None else ""
@@ -340,7 +419,9 @@ class Client:
 
     def _connect(self, timeout: float = None) -> _Connection:
         wait = self.timeout if timeout is None else timeout
-        return _Connection(self.host, self.port, wait, self.tls, self.timeout_option)
+        return _Connection(
+            self.host, self.port, wait, self.tls, self.timeout_option, self.binary
+        )
 
     def _hello(self, name: str, what: str):
         connection = self._connect()

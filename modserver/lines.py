@@ -36,12 +36,66 @@ class ChunkedLineReceiver(LineReceiver):
     _discarding = False
     _held = 0  # bytes taken from the budget: received, not yet delivered
 
+    _raw_left = 0  # bytes still due in raw mode (expect_raw)
+    _raw_keep = True
+
     def connectionMade(self) -> None:
         """Set up the buffers; subclasses call this first."""
         self._unread: collections.deque[bytes] = collections.deque()
         self._unread_size = 0
         self._partial: list[bytes] = []
         self._partial_size = 0
+        self._raw: list[bytes] = []
+        self._raw_size = 0
+
+    def expect_raw(self, size: int, keep: bool = True) -> None:
+        """The next ``size`` bytes are not lines: ``raw_received`` gets them, in
+        pieces, once all have come (``keep`` false: they are dropped, and
+        ``line_discarded`` is called after them).
+
+        Kept bytes stay counted in the budget: ``raw_received`` takes them over
+        (its caller gives them back when done with them)."""
+        self._raw, self._raw_size = [], 0
+        self._raw_left, self._raw_keep = size, keep
+        if size == 0:
+            self._raw_done()
+
+    def raw_pending(self) -> tuple[int, int] | None:
+        """``(received, expected)`` bytes while in raw mode, else None."""
+        if not self._raw_left:
+            return None
+        return self._raw_size, self._raw_size + self._raw_left
+
+    def raw_received(self, pieces: list[bytes]) -> None:
+        """All the bytes asked for with ``expect_raw`` have come."""
+
+    def raw_progress(self) -> None:
+        """Some raw bytes came (a subclass may move its idle deadline)."""
+
+    def _take_raw(self, chunk: bytes) -> bytes:
+        """Take raw bytes from the front of ``chunk``; return the rest."""
+        size = min(len(chunk), self._raw_left)
+        piece, rest = (chunk, b"") if size == len(chunk) else (chunk[:size], chunk[size:])
+        self._raw_left -= size
+        self._raw_size += size
+        if self._raw_keep:
+            self._raw.append(piece)
+        else:
+            self._give_back(size)
+        if self._raw_left == 0:
+            self._raw_done()
+        else:
+            self.raw_progress()
+        return rest
+
+    def _raw_done(self) -> None:
+        pieces, size = self._raw, self._raw_size
+        self._raw, self._raw_size = [], 0
+        if not self._raw_keep:
+            self.line_discarded()
+            return
+        self._held -= size  # now the caller's to give back
+        self.raw_received(pieces)
 
     def hold_lines(self) -> None:
         """Stop delivering lines (data is still read and buffered)."""
@@ -66,6 +120,7 @@ class ChunkedLineReceiver(LineReceiver):
         self._stopped = True
         self._unread.clear()
         self._partial = []
+        self._raw, self._raw_size, self._raw_left = [], 0, 0
         self._give_back(self._held)
 
     def budget_exceeded(self, data: bytes) -> None:
@@ -118,6 +173,13 @@ class ChunkedLineReceiver(LineReceiver):
         while self._unread and not self._holding and not self._stopped:
             chunk = self._unread.popleft()
             self._unread_size -= len(chunk)
+            if self._raw_left:
+                chunk = self._take_raw(chunk)
+                if not chunk or self._holding or self._stopped:
+                    if chunk:
+                        self._unread.appendleft(chunk)
+                        self._unread_size += len(chunk)
+                    continue
             rest = self._split(chunk)
             if rest:
                 self._unread.appendleft(rest)
@@ -146,7 +208,7 @@ class ChunkedLineReceiver(LineReceiver):
                 return b""
             self._give_back(len(line) + len(self.delimiter))
             self.lineReceived(line)
-            if self._holding or self._stopped:
+            if self._holding or self._stopped or self._raw_left:
                 return chunk[start:]
 
     def _too_long(self, line: bytes | None = None) -> None:

@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from modserver import wire
+from modserver import binary, wire
 from modserver.errors import ReplyError, bad_request
 
 
@@ -31,6 +31,8 @@ class Request:
     keep_alive: bool = False
     timeout: float | None = None
     lease_wait: bool = False  # wait for another's lease to end (bounded by timeout)
+    binary: bool = False  # the client asks for binary segments (binary.py)
+    segments: tuple[int, ...] = ()  # byte counts of the segments after the line
 
 
 def decode(line: bytes, plain: bool) -> tuple[object, bytes | str]:
@@ -61,8 +63,16 @@ def hello_name(message) -> str | None:
     return name
 
 
-def request(message) -> Request:
-    """A request's fields, checked."""
+def wants_binary(message) -> bool:
+    """The ``binary`` field of a hello or request: 1 or true asks for binary segments."""
+    value = message.get("binary", 0) if isinstance(message, dict) else 0
+    if value in (0, 1) and not isinstance(value, float):  # True and False too
+        return bool(value)
+    raise bad_request(f'"binary" must be 1 or 0 (true or false), not {_shown(value)}')
+
+
+def request(message, max_segments: int = 2**63) -> Request:
+    """A request's fields, checked; segments may hold ``max_segments`` bytes in all."""
     if not isinstance(message, dict):
         raise bad_request('a request must be a JSON object like {"function": "f", "args": []}')
     if "function" not in message:
@@ -81,7 +91,20 @@ def request(message) -> Request:
     lease_wait = message.get("lease_wait", False)
     if not isinstance(lease_wait, bool):
         raise bad_request('"lease_wait" must be true or false')
-    return Request(function, keep_alive, _timeout(message.get("timeout")), lease_wait)
+    segments = ()
+    if "segments" in message:
+        try:
+            segments = tuple(binary.segment_sizes(message["segments"], max_segments))
+        except binary.BinaryError as exc:
+            raise bad_request(str(exc)) from None
+    return Request(
+        function,
+        keep_alive,
+        _timeout(message.get("timeout")),
+        lease_wait,
+        wants_binary(message),
+        segments,
+    )
 
 
 def positive_seconds(value) -> bool:

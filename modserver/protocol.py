@@ -92,6 +92,8 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._probe = None  # the timer checking a half-closed plain client is still there
         self._lease_open = False  # the hello was _lease: one lease request follows
         self._lease_answer = None  # the Deferred of a lease request under way
+        self._binary = False  # the client asked for binary segments (hello or a request)
+        self._segments_for = None  # (request, its line, plain) while its segments arrive
 
     # Connection ---------------------------------------------------------
 
@@ -151,6 +153,15 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
 
     def readConnectionLost(self) -> None:
         """The client will send no more: serve a plain-JSON client, else let go."""
+        pending = self.raw_pending()
+        if pending is not None and self._segments_for is not None:
+            received, expected = pending
+            err = bad_request(
+                f"the connection closed in the middle of the binary segments: {received} "
+                f"of {expected} bytes came"
+            )
+            self._fail(err, self._segments_for[2])
+            return
         if not self._plain:
             self._close()
             return
@@ -259,6 +270,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
     def _hello(self, message, plain: bool) -> None:
         try:
             name = messages.hello_name(message)
+            self._binary = messages.wants_binary(message)
         except ReplyError as err:
             self._fail(err, plain)
             return
@@ -393,17 +405,67 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
 
     def _request(self, message, text, plain: bool) -> None:
         try:
-            request = messages.request(message)
+            request = messages.request(message, self.MAX_LENGTH)
         except ReplyError as err:
-            self._fail(err, plain)
+            self._refuse_segments(message, err, plain)
             return
         if request.function is None:
             self._close()  # the client says goodbye
             return
         data = text if isinstance(text, bytes) else text.encode("utf-8")
+        self._binary = self._binary or request.binary
+        if request.segments and not self._binary:
+            err = bad_request(
+                "binary segments on a connection that did not ask for them: "
+                'send "binary": 1 in the hello or the request (docs/protocol.md)'
+            )
+            self._refuse_segments(message, err, plain)
+            return
+        total = sum(request.segments)
+        if len(data) + total > self.MAX_LENGTH:
+            err = bad_request(
+                f"the request is {len(data) + total} bytes with its binary segments, over "
+                f"the server's limit of {self.MAX_LENGTH} bytes (--max-request)"
+            )
+            self._refuse_segments(message, err, plain)
+            return
         if not self.budget.take(len(data)):
             self._fail(self.budget.refusal(), plain)
             return
+        if request.segments:
+            self._segments_for = (request, data, plain)
+            self._idle(self.settings.idle_timeout)  # moved on as the segments arrive
+            self.expect_raw(total)
+            return
+        self._submit(request, data, plain, ())
+
+    def _refuse_segments(self, message, err: ReplyError, plain: bool) -> None:
+        """Refuse a request; binary segments it announced are read and dropped
+        first (within DISCARD_WAIT), so that the client can read the answer."""
+        total = 0
+        if isinstance(message, dict) and isinstance(message.get("segments"), list):
+            sizes = message["segments"]
+            if all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes):
+                total = sum(sizes)
+        if not total or self._closing:
+            self._fail(err, plain)
+            return
+        self.transport.write(err.line(plain))
+        self._waiting = False
+        self._idle(DISCARD_WAIT)
+        self.expect_raw(total, keep=False)
+
+    def raw_progress(self) -> None:
+        self._idle(self.settings.idle_timeout)
+
+    def raw_received(self, pieces: list[bytes]) -> None:
+        """The request's binary segments are all here: on to the module."""
+        request, data, plain = self._segments_for
+        self._segments_for = None
+        self._submit(request, data, plain, tuple(pieces))
+
+    def _submit(self, request, data: bytes, plain: bool, segments: tuple) -> None:
+        size = len(data) + sum(map(len, segments))
         self._busy()
         self.hold_lines()
         self._waiting = True
@@ -421,7 +483,9 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             timeout=request.timeout,
             admin=self._admin,
             meta=self._call_meta,
-            release=functools.partial(self.budget.give_back, len(data)),
+            release=functools.partial(self.budget.give_back, size),
+            binary=self._binary,
+            segments=segments,
         )
         self._supervisor.submit(self._call)
         if self._eof:

@@ -55,11 +55,15 @@ def _load_sibling(name: str):
 wire = _load_sibling("wire")
 channel = _load_sibling("channel")
 budget = _load_sibling("budget")
+binary = _load_sibling("binary")
 platforms = _load_sibling("platforms")
 PLATFORM = platforms.current()  # the server sets MODSERVER_PLATFORM if it differs
 
 # Log records a module may send per second (and at once); beyond that they
 # are counted and the count is reported every few seconds instead.
+# Frames longer than this are read into a bytearray (array arguments are views of it).
+BIG_FRAME = 64 * 1024
+
 LOG_RATE = 200
 LOG_BURST = 1000
 LOG_REPORT_EVERY = 5.0
@@ -109,8 +113,13 @@ class Channel:
         if len(head) < channel.HEADER.size:
             return None
         kind, flags, request_id, length = channel.HEADER.unpack(head)
-        payload = self._in.read(length)
-        if len(payload) < length:
+        if length <= BIG_FRAME:
+            payload = self._in.read(length)
+            got = len(payload)
+        else:  # into a bytearray: array arguments are views of it, and writable
+            payload = bytearray(length)
+            got = self._in.readinto(payload)
+        if got < length:
             return None
         return kind, flags, request_id, payload
 
@@ -158,6 +167,16 @@ class Channel:
             self._out.write(payload)
             if tail:
                 self._out.write(tail)
+            self._out.flush()
+
+    def send_pieces(self, kind, pieces, flags=0, request_id=0) -> None:
+        """Write one frame made of ``pieces`` (buffers: written as they are, not joined)."""
+        length = sum(memoryview(piece).nbytes for piece in pieces)
+        head = channel.header(kind, length, flags, request_id)
+        with self._lock:
+            self._out.write(head)
+            for piece in pieces:
+                self._out.write(piece)
             self._out.flush()
 
     def send_json(self, kind, obj, flags=0, request_id=0) -> None:
@@ -266,7 +285,7 @@ def module_tree(import_path: str):
 
 # The worker's own files: never the user's, wherever the package lives.
 _OWN_FILES = {
-    os.path.normcase(os.path.join(_HERE, name + ".py")) for name in ("worker", "wire", "channel")
+    os.path.normcase(os.path.join(_HERE, name + ".py")) for name in ("worker", "wire", "channel", "binary")
 }
 
 
@@ -531,13 +550,16 @@ class Worker:
     def call(self, flags: int, request_id: int, payload: bytes) -> None:
         """Run one request and send its reply, whatever happens."""
         plain = bool(flags & channel.PLAIN)
-        meta, _, request = payload.partition(b"\n")
         function = None
         try:
-            meta, request = json.loads(meta), json.loads(request)
+            request, meta = self.read_request(payload)
             function = request.get("function")
             args = request.get("args") or []
             result = self.invoke(function, args, meta.get("client", ""))
+            if flags & channel.BINARY:
+                pieces = self.encode_binary(function, result, plain)
+                self.chan.send_pieces(channel.REPLY, pieces, self._flags(plain), request_id)
+                return
             body = self.encode(function, result, plain)
         except BadRequest as exc:
             self.reply_error(request_id, plain, exc, wire.exception_reason(exc) + "\n")
@@ -548,6 +570,51 @@ class Worker:
             self.reply_error(request_id, plain, exc, module_traceback(exc))
         else:
             self.chan.send(channel.REPLY, body, self._flags(plain), request_id, b"\n")
+
+    def read_request(self, payload):
+        """``(request, meta)`` of a CALL payload: the meta line, the request's
+        JSON, and after it (``request_bytes`` in the meta says where it ends)
+        the binary segments its ``segments`` key lists, in order."""
+        end = payload.index(b"\n")
+        meta = json.loads(bytes(payload[:end]))
+        size = meta.get("request_bytes")
+        if size is None:
+            return json.loads(bytes(payload[end + 1 :])), meta
+        view = memoryview(payload)
+        text = bytes(view[end + 1 : end + 1 + size])
+        segments = view[end + 1 + size :]
+        if isinstance(payload, bytes):  # a small frame: copied, so arrays are writable
+            segments = bytearray(segments)
+        sizes = json.loads(text).get("segments") or []
+        try:
+            return binary.loads(text, sizes, segments, self._rebuild()), meta
+        except binary.BinaryError as exc:
+            raise BadRequest(str(exc)) from None
+
+    def _rebuild(self):
+        """numpy arrays for array arguments, or RawArray where numpy cannot be imported."""
+        try:
+            import numpy
+        except ImportError:
+            return binary.raw_rebuild
+        return binary.numpy_rebuild(numpy)
+
+    def encode_binary(self, function, result, plain: bool) -> list:
+        """The pieces of a binary reply: its line, then its segments."""
+        try:
+            line, segments = binary.encode_reply(result, None if plain else wire.quote_plus)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise TypeError(
+                "%s.%s returned a value of type %s that cannot be sent: %s"
+                % (self.name, function, type(result).__name__, exc)
+            ) from None
+        size = len(line) + sum(memoryview(s).nbytes for s in segments)
+        if size > self.max_reply:
+            raise ReplyTooLarge(
+                "the reply of %s.%s is %d bytes with its binary segments, over the "
+                "server's limit of %d bytes" % (self.name, function, size, self.max_reply)
+            )
+        return [line] + segments
 
     def _stopped(self, function) -> WorkerStopped:
         return WorkerStopped("%s was told to stop (SIGTERM) during %s()" % (self.name, function))
