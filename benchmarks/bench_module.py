@@ -33,5 +33,22 @@ class Bench:
         """Which edit of this file is loaded (the reload benchmark rewrites it)."""
         return VERSION
 
+    def array(self, count, dtype="float64"):
+        """``count`` values of ``dtype`` as a numpy array (made once; numpy imported here)."""
+        key = (count, dtype)
+        if key not in self._floats:
+            import numpy
+
+            self._floats[key] = numpy.arange(count).astype(dtype)
+        return self._floats[key]
+
+    def frame(self, rows=2048, cols=2048):
+        """A uint16 camera frame (made once)."""
+        return self.array(rows * cols, "uint16").reshape(rows, cols)
+
+    def take(self, value):
+        """Accept an argument (an array, a list): how many bytes or items came."""
+        return getattr(value, "nbytes", None) or len(value)
+
     def pid(self):
         return os.getpid()
