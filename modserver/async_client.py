@@ -30,7 +30,7 @@ import json
 from twisted.internet import defer, endpoints, error, ssl, task, threads
 from twisted.internet.protocol import Factory
 
-from modserver import wire
+from modserver import binary, wire
 from modserver.client import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -40,6 +40,8 @@ from modserver.client import (
     ConnectionFailed,
     ReplyTimeout,
     ServerError,
+    _numpy,
+    binary_available,
     client_tls,
     load_discovery,
 )
@@ -54,11 +56,13 @@ class _LineClient(ChunkedLineReceiver):
     """Sends messages and pairs each reply line with the Deferred waiting for it."""
 
     MAX_LENGTH = 2 * 1024**3
+    binary = False  # requests ask for binary segments, and send arrays as segments
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.waiting: collections.deque[defer.Deferred] = collections.deque()
         self.lost = False
+        self._reply_text = None  # a binary reply's line while its segments arrive
 
     def ask(self, message: dict) -> defer.Deferred:
         """Send ``message``; the Deferred fires with the reply's response."""
@@ -67,25 +71,64 @@ class _LineClient(ChunkedLineReceiver):
             waiting.errback(ConnectionFailed("the connection is closed"))
             return waiting
         self.waiting.append(waiting)
-        self.transport.write(wire.quote_plus(json.dumps(message).encode("utf-8")) + b"\n")
+        self.send(message)
         return waiting
 
     def send(self, message: dict) -> None:
-        """Send ``message`` expecting no reply."""
-        if not self.lost:
-            self.transport.write(wire.quote_plus(json.dumps(message).encode("utf-8")) + b"\n")
+        """Send ``message`` (with its arrays and bytes as segments, in binary mode)."""
+        if self.lost:
+            return
+        segments = []
+        if self.binary and "function" in message:
+            encoder = binary.Encoder()
+            text = binary.dumps(dict(message, binary=1), encoder)
+            segments = encoder.segments
+        else:
+            text = json.dumps(message)
+        line = wire.quote_plus(text.encode("utf-8")) + b"\n"
+        # Twisted takes bytes only: an array's buffer is copied once here.
+        pieces = [s if isinstance(s, bytes) else bytes(s) for s in segments]
+        self.transport.writeSequence([line, *pieces])
 
     def lineReceived(self, line: bytes) -> None:
-        """A reply: fire the oldest waiter with it."""
+        """A reply: fire the oldest waiter with it (a binary one once its segments came)."""
         if not self.waiting:
             return
-        waiting = self.waiting.popleft()
         try:
-            reply = json.loads(wire.unquote_plus(line))
-        except ValueError as exc:
-            waiting.errback(ClientError(f"the server sent a line that is not JSON: {exc}"))
+            text = wire.unquote_plus(line)
+            reply = json.loads(text)
+            sizes = reply.get("segments") if self.binary and isinstance(reply, dict) else None
+            if sizes:
+                self._reply_text = text, binary.segment_sizes(sizes, 1 << 62)
+                self.expect_raw(sum(self._reply_text[1]))
+                return
+        except (ValueError, AttributeError) as exc:
+            self.waiting.popleft().errback(
+                ClientError(f"the server sent a line that is not a reply: {exc}")
+            )
             return
-        if reply.get("error"):
+        self._answer(reply)
+
+    def raw_received(self, pieces: list[bytes]) -> None:
+        """A binary reply's segments: into one buffer, arrays made on it."""
+        (text, sizes), self._reply_text = self._reply_text, None
+        buffer = bytearray(sum(sizes))
+        view, at = memoryview(buffer), 0
+        for piece in pieces:
+            view[at : at + len(piece)] = piece
+            at += len(piece)
+        try:
+            reply = binary.loads(text, sizes, buffer, binary.numpy_rebuild(_numpy()))
+        except binary.BinaryError as exc:
+            self.waiting.popleft().errback(ClientError(f"a malformed binary reply: {exc}"))
+            return
+        self._answer(reply)
+
+    def _answer(self, reply) -> None:
+        waiting = self.waiting.popleft()
+        if not isinstance(reply, dict):
+            waiting.errback(ClientError("the server sent a reply that is not a JSON object"))
+        elif reply.get("error"):
             waiting.errback(ServerError(str(reply.get("response")), reply.get("traceback") or ""))
         else:
             waiting.callback(reply.get("response"))
@@ -135,9 +178,14 @@ class AsyncClient:
         tls_ca: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
+        binary: bool | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
+        if binary and not binary_available():
+            raise ClientError("binary=True needs numpy")
+        # Arrays and bytes as binary segments: by default when numpy can be imported.
+        self.binary = binary_available() if binary is None else bool(binary)
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -153,7 +201,9 @@ class AsyncClient:
         if self.tls is not None:
             endpoint = endpoints.wrapClientTLS(self.tls, endpoint)
         try:
-            return await endpoint.connect(Factory.forProtocol(_LineClient))
+            proto = await endpoint.connect(Factory.forProtocol(_LineClient))
+            proto.binary = self.binary
+            return proto
         except (error.ConnectError, error.DNSLookupError) as exc:
             where = f"{self.host}:{self.port}"
             if isinstance(exc, error.TimeoutError):

@@ -873,6 +873,11 @@ def _parser() -> argparse.ArgumentParser:
         "function", nargs="?", default="_help", help="the function (none: the module's help)"
     )
     call.add_argument("args", nargs="*", metavar="ARG")
+    call.add_argument(
+        "--save",
+        metavar="FILE.npy",
+        help="write an array result to this .npy file (numpy.load reads it)",
+    )
     lease = command(
         "lease",
         "take, renew, release, show or break (administrators) a module's exclusive lease",
@@ -937,18 +942,72 @@ def _lease(lab: Client, options):
     return lab.lease_request(operation, *args)
 
 
+def summary(array) -> str:
+    """An array in one line: dtype, shape, and a few figures, not its million values."""
+    text = "array %s %s" % (array.dtype, "x".join(map(str, array.shape)) or "scalar")
+    if array.size and array.dtype.kind in "biuf":
+        numpy = _numpy()
+        values = array.astype(numpy.float64) if array.dtype.kind == "b" else array
+        text += ", min %s, max %s, mean %.6g" % (
+            numpy.nanmin(values),
+            numpy.nanmax(values),
+            float(numpy.nanmean(values)),
+        )
+    if array.size:
+        flat = array.reshape(-1)
+        shown = ", ".join(map(str, flat[:3].tolist()))
+        text += ": [%s%s]" % (shown, ", ..." if flat.size > 3 else "")
+    return "<%s>" % text
+
+
+def _shown_value(value):
+    """json.dumps default for printing: arrays summarised, bytes counted."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "<%d bytes>" % len(value)
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
+        return summary(value)
+    raise TypeError("values of type %s cannot be shown" % type(value).__name__)
+
+
+def _as_lists(value):
+    """json.dumps default for --json: arrays in full, as lists; bytes as their hex."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    tolist = getattr(value, "tolist", None)
+    if tolist is not None:
+        return tolist()
+    raise TypeError("values of type %s cannot be shown" % type(value).__name__)
+
+
+def save_array(path: str, response) -> str:
+    """Write an array result to a .npy file; what was written, for the user."""
+    numpy = _numpy()
+    if numpy is None:
+        raise ClientError("--save needs numpy, which this Python cannot import")
+    if not isinstance(response, numpy.ndarray):
+        raise ClientError("--save: the result is a %s, not an array" % type(response).__name__)
+    try:
+        numpy.save(path, response, allow_pickle=False)
+    except OSError as exc:
+        raise ClientError("--save: cannot write %s: %s" % (path, exc.strerror or exc)) from None
+    shape = "x".join(map(str, response.shape)) or "scalar"
+    return "saved %s %s (%d bytes) to %s" % (response.dtype, shape, response.nbytes, path)
+
+
 def _show(command: str, response, as_json: bool, wait: float = 0) -> str:
     if command == "discover":
         return load_discovery().format_listings(response, wait, as_json)
     if as_json:
-        return json.dumps(response)
+        return json.dumps(response, default=_as_lists)
     if isinstance(response, str):
         return response
     if command == "ping":
         return "%s:%s" % tuple(response)
     if command == "modules":
         return "\n".join(response)
-    return json.dumps(response, indent=2)
+    if hasattr(response, "dtype") and hasattr(response, "shape"):
+        return summary(response)
+    return json.dumps(response, indent=2, default=_shown_value)
 
 
 def main(argv=None) -> int:
@@ -980,7 +1039,14 @@ def main(argv=None) -> int:
     except ClientError as exc:
         sys.stderr.write("error: %s\n" % exc)
         return EXIT_UNREACHABLE
-    text = _show(options.command, response, options.json, options.wait)
+    if getattr(options, "save", None):
+        try:
+            text = save_array(options.save, response)
+        except ClientError as exc:
+            sys.stderr.write("error: %s\n" % exc)
+            return EXIT_USAGE
+    else:
+        text = _show(options.command, response, options.json, options.wait)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
