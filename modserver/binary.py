@@ -158,9 +158,10 @@ class Encoder:
         return [memoryview(s).nbytes for s in self.segments]
 
     def _add(self, buffer, desc: dict) -> dict:
-        desc[KEY] = len(self.segments)
+        described = {KEY: len(self.segments)}
+        described.update(desc)
         self.segments.append(buffer)
-        return desc
+        return described
 
     def default(self, value):
         if isinstance(value, (bytes, bytearray, memoryview)):
