@@ -24,7 +24,6 @@ import textwrap
 import time
 
 import numpy
-
 from run import MB, ModServer, rss_kb, samples, wait_for
 
 from modserver.client import Client
@@ -151,9 +150,17 @@ def main() -> None:
         ("80 MB array reply", _rate(r["reply_80MB_array"]), ""),
         ("80 MB through a bare relay", _rate(r["reply_80MB_bare_relay"]), ""),
         ("  array reply / bare relay", f"x{r['reply_80MB_vs_relay']:.2f}", ">= 0.5"),
-        ("2048x2048 uint16 frames, keep-alive", f"{r['frames_2048x2048_u16_fps']:.1f} fps", ">= 30"),
+        (
+            "2048x2048 uint16 frames, keep-alive",
+            f"{r['frames_2048x2048_u16_fps']:.1f} fps",
+            ">= 30",
+        ),
         ("10 MB float64 argument", _rate(r["argument_10MB_float64"]), ">= 200 MB/s"),
-        ("server RSS growth, 100 MB array reply", f"{r['rss_growth_100MB_array_MB']:.1f} MB", "<= 2 MB"),
+        (
+            "server RSS growth, 100 MB array reply",
+            f"{r['rss_growth_100MB_array_MB']:.1f} MB",
+            "<= 2 MB",
+        ),
         ("idle server RSS", f"{r['server_idle_rss_MB']:.1f} MB", ""),
     ]
     for label, value, target in rows:

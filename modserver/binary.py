@@ -35,7 +35,13 @@ MAX_SEGMENTS = 100000
 MAX_DIMS = 32
 
 _DTYPE = re.compile(r"\A[<>|=]([biufc])([0-9]{1,2})\Z")
-_SIZES = {"b": (1,), "i": (1, 2, 4, 8), "u": (1, 2, 4, 8), "f": (2, 4, 8, 12, 16), "c": (8, 16, 24, 32)}
+_SIZES = {
+    "b": (1,),
+    "i": (1, 2, 4, 8),
+    "u": (1, 2, 4, 8),
+    "f": (2, 4, 8, 12, 16),
+    "c": (8, 16, 24, 32),
+}
 
 
 class BinaryError(ValueError):
@@ -62,11 +68,15 @@ def segment_sizes(value, limit: int) -> list:
     if not isinstance(value, list):
         raise BinaryError('"segments" must be a list of byte counts, not %s' % _shown(value))
     if len(value) > MAX_SEGMENTS:
-        raise BinaryError("%d segments are more than the %d a line may carry" % (len(value), MAX_SEGMENTS))
+        raise BinaryError(
+            "%d segments are more than the %d a line may carry" % (len(value), MAX_SEGMENTS)
+        )
     total = 0
     for size in value:
         if not _is_int(size) or size < 0:
-            raise BinaryError("a segment's byte count must be a whole number >= 0, not %s" % _shown(size))
+            raise BinaryError(
+                "a segment's byte count must be a whole number >= 0, not %s" % _shown(size)
+            )
         total += size
         if total > limit:
             raise BinaryError(
@@ -100,7 +110,9 @@ def check(desc: dict, sizes, used: set) -> int:
     size = itemsize(dtype)
     shape = desc.get("shape")
     if not isinstance(shape, list) or len(shape) > MAX_DIMS:
-        raise BinaryError('"shape" of segment %d must be a list of at most %d sizes' % (index, MAX_DIMS))
+        raise BinaryError(
+            '"shape" of segment %d must be a list of at most %d sizes' % (index, MAX_DIMS)
+        )
     count = 1
     for n in shape:
         if not _is_int(n) or n < 0:

@@ -419,9 +419,7 @@ class Client:
 
     def _connect(self, timeout: float = None) -> _Connection:
         wait = self.timeout if timeout is None else timeout
-        return _Connection(
-            self.host, self.port, wait, self.tls, self.timeout_option, self.binary
-        )
+        return _Connection(self.host, self.port, wait, self.tls, self.timeout_option, self.binary)
 
     def _hello(self, name: str, what: str):
         connection = self._connect()

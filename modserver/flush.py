@@ -26,4 +26,3 @@ def flush(transport) -> None:
     """Write what ``transport`` has queued now, as far as the descriptor takes it."""
     if transport is not None and IWriteDescriptor.providedBy(transport):
         transport.doWrite()
-

@@ -285,7 +285,8 @@ def module_tree(import_path: str):
 
 # The worker's own files: never the user's, wherever the package lives.
 _OWN_FILES = {
-    os.path.normcase(os.path.join(_HERE, name + ".py")) for name in ("worker", "wire", "channel", "binary")
+    os.path.normcase(os.path.join(_HERE, name + ".py"))
+    for name in ("worker", "wire", "channel", "binary")
 }
 
 

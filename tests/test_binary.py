@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from twisted.internet.testing import StringTransport
 
 from modserver import binary
 from modserver.lines import ChunkedLineReceiver
-from twisted.internet.testing import StringTransport
 
 REBUILD = binary.numpy_rebuild(np)
 
@@ -37,7 +37,13 @@ DTYPES = st.sampled_from(
 
 
 @settings(max_examples=200, deadline=None)
-@given(DTYPES.flatmap(lambda d: hnp.arrays(np.dtype(d), hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=5))))
+@given(
+    DTYPES.flatmap(
+        lambda d: hnp.arrays(
+            np.dtype(d), hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=5)
+        )
+    )
+)
 def test_any_numeric_array_comes_back_equal(array):
     back, text = round_trip(array)
     assert isinstance(back, np.ndarray)
@@ -120,10 +126,10 @@ def desc(index=0, dtype="<f8", shape=(2,), nbytes=16):
     [
         (desc(nbytes=8), [8], "is 16 bytes, not the 8 declared"),
         (desc(nbytes=16), [8], "described as 16 bytes but 8 were sent"),
-        (desc(index=1), [16], 'must name one of the 1 segments'),
-        (desc(index=-1), [16], 'must name one of the 1 segments'),
-        (desc(index=True), [16], 'must name one of the 1 segments'),
-        (desc(index=0.0), [16], 'must name one of the 1 segments'),
+        (desc(index=1), [16], "must name one of the 1 segments"),
+        (desc(index=-1), [16], "must name one of the 1 segments"),
+        (desc(index=True), [16], "must name one of the 1 segments"),
+        (desc(index=0.0), [16], "must name one of the 1 segments"),
         (desc(dtype="|O8"), [16], "unknown dtype"),
         (desc(dtype="<x8"), [16], "unknown dtype"),
         (desc(dtype="<f3"), [16], "unknown dtype"),
@@ -173,7 +179,9 @@ def test_segment_lists_are_checked(sizes, message):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 descriptions = st.fixed_dictionaries(

@@ -140,13 +140,22 @@ def test_the_reply_line_then_the_raw_bytes(server, where):
     with Connection(server.port) as conn:
         conn.send({"name": "arrays", **({"binary": 1} if where == "hello" else {})}, plain=True)
         assert conn.reply(plain=True)["response"] == "ack"
-        conn.send({"function": "kinds", **({"binary": 1} if where == "request" else {}),
-                   "keep_alive": True}, plain=True)
+        conn.send(
+            {
+                "function": "kinds",
+                **({"binary": 1} if where == "request" else {}),
+                "keep_alive": True,
+            },
+            plain=True,
+        )
         reply = conn.reply(plain=True)
         sizes = reply["segments"]
         assert reply["response"]["bytes"] == {"dtype": "bytes", "nbytes": 6, "$bin": 7}
         assert reply["response"]["fortran"] == {
-            "dtype": "<i4", "shape": [2, 3], "nbytes": 24, "$bin": 0
+            "dtype": "<i4",
+            "shape": [2, 3],
+            "nbytes": 24,
+            "$bin": 0,
         }
         data = read_exactly(conn, sum(sizes))
         assert data[:24] == np.arange(6, dtype="<i4").tobytes()
@@ -182,8 +191,9 @@ def test_a_url_encoded_binary_exchange(server):
 # Bad input: one clear BadRequest, nothing else harmed ----------------------------------------
 
 
-def refused(server, line: dict, data: bytes = b"", binary_hello: bool = True,
-            half_close: bool = False) -> str:
+def refused(
+    server, line: dict, data: bytes = b"", binary_hello: bool = True, half_close: bool = False
+) -> str:
     with Connection(server.port) as conn:
         conn.send({"name": "arrays", **({"binary": 1} if binary_hello else {})}, plain=True)
         assert conn.reply(plain=True)["response"] == "ack"
@@ -235,8 +245,11 @@ def test_segments_on_a_connection_that_did_not_ask_for_them(server, lab):
 
 
 def test_a_connection_that_closes_in_the_middle_of_a_segment(server, lab):
-    line = {"function": "describe", "args": [described(shape=(1000,), nbytes=8000)],
-            "segments": [8000]}
+    line = {
+        "function": "describe",
+        "args": [described(shape=(1000,), nbytes=8000)],
+        "segments": [8000],
+    }
     reason = refused(server, line, bytes(3000), half_close=True)
     assert reason == (
         "BadRequest: the connection closed in the middle of the binary segments: "
@@ -255,12 +268,18 @@ def test_limits_count_the_binary_bytes(tmp_path):
     with ServerProcess(tmp_path, CONFIG, args).start() as srv:
         lab = Client("127.0.0.1", srv.port, timeout=20)
         assert lab.com("arrays", "describe", np.zeros(100_000))[2] == [100_000]  # 800 kB: fits
-        with pytest.raises(ServerError, match=r"BadRequest: the segments hold more than "
-                           r"1000000 bytes, the most this server accepts \(--max-request\)"):
+        with pytest.raises(
+            ServerError,
+            match=r"BadRequest: the segments hold more than "
+            r"1000000 bytes, the most this server accepts \(--max-request\)",
+        ):
             lab.com("arrays", "describe", np.zeros(200_000))
         assert lab.com("arrays", "floats", 200_000).nbytes == 1_600_000
-        with pytest.raises(ServerError, match="ReplyTooLarge: the reply of arrays.floats is "
-                           r"3200\d+ bytes with its binary segments"):
+        with pytest.raises(
+            ServerError,
+            match="ReplyTooLarge: the reply of arrays.floats is "
+            r"3200\d+ bytes with its binary segments",
+        ):
             lab.com("arrays", "floats", 400_000)
         # Requests waiting for a busy module hold their segments within the byte budget.
         blocker = Client("127.0.0.1", srv.port, timeout=20)
@@ -280,7 +299,7 @@ def test_limits_count_the_binary_bytes(tmp_path):
                     conn.sock.settimeout(2)
                     try:
                         refusals.append(conn.reply(plain=True)["response"])
-                    except (TimeoutError, socket.timeout):
+                    except TimeoutError:
                         pass
                 assert any(r.startswith("Busy: ") for r in refusals), refusals
             finally:
@@ -323,9 +342,7 @@ def test_without_numpy_in_the_worker_arrays_arrive_as_raw_arrays(tmp_path):
     hidden = tmp_path / "no_numpy"
     hidden.mkdir()
     (hidden / "numpy.py").write_text("raise ImportError('no numpy in this environment')\n")
-    config = {
-        "raw": {"module": "rawargs", "entry": "RawArgs", "env": {"PYTHONPATH": str(hidden)}}
-    }
+    config = {"raw": {"module": "rawargs", "entry": "RawArgs", "env": {"PYTHONPATH": str(hidden)}}}
     with ServerProcess(tmp_path, config).start() as srv:
         lab = Client("127.0.0.1", srv.port, timeout=20)
         assert lab.com("raw", "has_numpy") is False
@@ -346,8 +363,12 @@ def test_binary_segments_over_tls(tmp_path):
     with ServerProcess(tmp_path, CONFIG, ("--listen", listen)).start() as srv:
         import re
 
-        port = int(wait_for(lambda: re.search(r"listening on 127\.0\.0\.1:(\d+) \(TLS\)",
-                                              srv.log()), what="the TLS port").group(1))
+        port = int(
+            wait_for(
+                lambda: re.search(r"listening on 127\.0\.0\.1:(\d+) \(TLS\)", srv.log()),
+                what="the TLS port",
+            ).group(1)
+        )
         lab = Client("127.0.0.1", port, timeout=20, tls_ca=str(tmp_path / "ca.pem"))
         array = lab.com("arrays", "floats", 3 * MB // 8)
         assert array.shape == (375_000,) and array[-1] == 374_999

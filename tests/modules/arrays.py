@@ -17,8 +17,10 @@ class Arrays:
         """A uint16 camera frame (made once per size)."""
         if ("u", rows, cols) not in self._cache:
             self._cache[("u", rows, cols)] = (
-                np.arange(rows * cols, dtype=np.uint32) % 65521
-            ).astype(np.uint16).reshape(rows, cols)
+                (np.arange(rows * cols, dtype=np.uint32) % 65521)
+                .astype(np.uint16)
+                .reshape(rows, cols)
+            )
         return self._cache[("u", rows, cols)]
 
     def echo(self, value):

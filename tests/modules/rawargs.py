@@ -3,7 +3,11 @@
 
 class RawArgs:
     def describe(self, value):
-        return [type(value).__name__, getattr(value, "dtype", None), list(getattr(value, "shape", ()))]
+        return [
+            type(value).__name__,
+            getattr(value, "dtype", None),
+            list(getattr(value, "shape", ())),
+        ]
 
     def back(self, value):
         """Send an argument back as it came (a RawArray travels as its array)."""
