@@ -28,10 +28,14 @@ from run import MB, ModServer, rss_kb, samples, wait_for
 
 from modserver.client import Client
 
-# The bare relay: copies its stdin (a pipe) to a socket, 1 MB at a time.
+# The bare relay: copies its stdin (a 1 MB pipe) to a socket, 1 MB at a time.
 RELAY = textwrap.dedent(
     """
-    import os, socket, sys
+    import fcntl, os, socket, sys
+    try:
+        fcntl.fcntl(0, 1031, 1 << 20)  # F_SETPIPE_SZ: a 1 MB pipe, as modserver's workers use
+    except OSError:
+        pass
     sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
     while True:
         data = os.read(0, 1 << 20)

@@ -136,7 +136,8 @@ class Posix(Platform):
         return True
 
     def channel_moved(self, channel_in: int, channel_out: int) -> None:
-        widen_pipe(channel_out)
+        widen_pipe(channel_out)  # replies
+        widen_pipe(channel_in)  # requests with binary segments (a 10 MB waveform)
 
     def leave_server_group(self) -> None:
         try:

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 # binary reply crosses in 1 MB pieces rather than Twisted's 128 KB.
 SEND_LIMIT = 1024 * 1024
 
+# The most read from a client's socket at once while a request's binary
+# segments arrive (Twisted reads 64 KB a reactor turn).
+RAW_READ_SIZE = 1024 * 1024
+
 RELOAD = "_reload_"
 GET_MODULES = "_get_modules"
 STATUS = "_status"
@@ -99,6 +103,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._lease_answer = None  # the Deferred of a lease request under way
         self._binary = False  # the client asked for binary segments (hello or a request)
         self._segments_for = None  # (request, its line, plain) while its segments arrive
+        self._default_read = None  # the transport's read size, while a larger one is used
 
     # Connection ---------------------------------------------------------
 
@@ -444,6 +449,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         if request.segments:
             self._segments_for = (request, data, plain)
             self._idle(self.settings.idle_timeout)  # moved on as the segments arrive
+            self._read_size(RAW_READ_SIZE)
             self.expect_raw(total)
             return
         self._submit(request, data, plain, ())
@@ -467,8 +473,17 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
     def raw_progress(self) -> None:
         self._idle(self.settings.idle_timeout)
 
+    def _read_size(self, size: int | None) -> None:
+        """Read the socket ``size`` bytes at a time (None: as before, Twisted's 64 KB;
+        ``bufferSize`` is the size its TCP transport reads)."""
+        if isinstance(self.transport, FileDescriptor):
+            if self._default_read is None:
+                self._default_read = self.transport.bufferSize
+            self.transport.bufferSize = size or self._default_read
+
     def raw_received(self, pieces: list[bytes]) -> None:
         """The request's binary segments are all here: on to the module."""
+        self._read_size(None)
         request, data, plain = self._segments_for
         self._segments_for = None
         self._submit(request, data, plain, tuple(pieces))
