@@ -658,8 +658,16 @@ class Lease:
             self.client.lease_request("release", self.module)
 
 
-# ModuleServer's client class, under its name: same methods, same returns.
-client = Client
+class client(Client):  # noqa: N801 (the original's name)
+    """ModuleServer's client class, under its name: same methods, same returns.
+
+    Arrays come back as lists, as they did from the original, unless
+    ``binary=True`` is given.
+    """
+
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *args, **kwargs):
+        kwargs.setdefault("binary", False)
+        super().__init__(host, port, *args, **kwargs)
 
 
 class Lab:

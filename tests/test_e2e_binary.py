@@ -400,3 +400,12 @@ def test_the_command_line_summarises_and_saves_arrays(server, tmp_path):
     not_array = cli("arrays", "echo", "3", "--save", str(tmp_path / "x.npy"))
     assert not_array.returncode == 2
     assert not_array.stderr == "error: --save: the result is a int, not an array\n"
+
+
+def test_the_original_clients_name_keeps_lists(server):
+    from modserver.client import client
+
+    assert client("127.0.0.1", server.port, 20).com("arrays", "floats", 2) == [0.0, 1.0]
+    assert client("127.0.0.1", server.port, 20, binary=True).com("arrays", "floats", 2).shape == (
+        2,
+    )
