@@ -608,3 +608,39 @@ def test_calls_carry_who_asked_with_the_certificate_name():
     client.send({"function": "move"})
     [call] = server.modules["laser"].submitted
     assert (call.client, call.client_ip) == ("10.1.2.3 (cn=alice)", "10.1.2.3")
+
+
+class SocketTransport(StringTransport):
+    """A StringTransport with a socket's writeSomeData that takes ``room`` bytes at most."""
+
+    def __init__(self, room, **kwargs):
+        super().__init__(**kwargs)
+        self.room = room
+        self.sent = []  # what writeSomeData took, in order
+
+    def writeSomeData(self, data):  # noqa: N802 - Twisted's name
+        taken = bytes(data[: self.room])
+        self.room -= len(taken)
+        self.sent.append(taken)
+        return len(taken)
+
+
+def test_small_messages_go_straight_to_the_socket_then_through_the_transport_in_order():
+    client = Client()
+    client.transport = SocketTransport(60, peerAddress=client.transport.getPeer())
+    client.protocol = ClientProtocol(client.server)
+    client.protocol.makeConnection(client.transport)
+    client.protocol._direct = True  # as on a plain tcp.Connection
+    client.send({"name": "laser"})
+    ack = b'{"response": "ack", "error": false, "traceback": ""}\n'
+    assert client.transport.sent == [ack] and client.transport.value() == b""
+    client.send({"function": "f", "keep_alive": True})
+    call = client.server.modules["laser"].submitted[-1]
+    reply(call, line=b'{"response": "a long reply that does not fit", "e": 1}\n')
+    # 7 bytes fit the socket; the rest, and everything after, through the transport
+    assert client.transport.sent[1] == b'{"respo'
+    assert client.transport.value() == b'nse": "a long reply that does not fit", "e": 1}\n'
+    client.send({"function": "g", "keep_alive": True})
+    reply(client.server.modules["laser"].submitted[-1], line=b"next\n")
+    assert client.transport.sent[2:] == []
+    assert client.transport.value().endswith(b"}\nnext\n")

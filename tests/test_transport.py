@@ -35,3 +35,53 @@ def test_worker_pipes_are_read_a_megabyte_at_a_time(tmp_path):
         os.close(read_end)
         if write_end is not None:
             os.close(write_end)
+
+
+class StdinWriter:
+    """The parts of Twisted's stdin pipe writer that WorkerProcess uses."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.producer = None
+
+    def fileno(self):
+        return self.fd
+
+    def registerProducer(self, producer, streaming):  # noqa: N802 - Twisted's name
+        assert not streaming  # a pull producer: told each time the buffer drains
+        self.producer = producer
+        producer.resumeProducing()  # as FileDescriptor does for a pull producer
+
+
+class ProcessTransport:
+    def __init__(self, fd):
+        self.pid = 4242
+        self.pipes = {0: StdinWriter(fd)}
+        self.queued = []
+
+    def write(self, data):
+        self.queued.append(bytes(data))
+
+    def writeSequence(self, pieces):  # noqa: N802 - Twisted's name
+        self.queued.append(b"".join(pieces))
+
+
+def test_small_frames_go_straight_into_an_idle_pipe_and_never_overtake_queued_ones():
+    read_end, write_end = os.pipe()
+    try:
+        settings = type("Settings", (), {"signal_group": None})()
+        worker = process.WorkerProcess(type("Supervisor", (), {"settings": settings})())
+        worker.transport = ProcessTransport(write_end)
+        worker.connectionMade()
+        worker.send(b"small-1")
+        assert os.read(read_end, 100) == b"small-1" and worker.transport.queued == []
+        big = b"B" * (process.SMALL_FRAME + 1)
+        worker.send(big)
+        worker.send(b"small-2")  # the big frame may still be queued: behind it
+        assert worker.transport.queued == [big, b"small-2"]
+        worker.transport.pipes[0].producer.resumeProducing()  # the transport has drained
+        worker.send(b"small-3")
+        assert os.read(read_end, 100) == b"small-3"
+    finally:
+        os.close(read_end)
+        os.close(write_end)
