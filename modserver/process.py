@@ -8,6 +8,7 @@ output, passed on line by line.
 
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import json
@@ -67,6 +68,7 @@ class _StdinDrained:
 
     def resumeProducing(self) -> None:
         self.proc._stdin_idle = True
+        self.proc._feed_stdin()
 
     def stopProducing(self) -> None:
         self.proc._stdin_idle = False
@@ -83,6 +85,8 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.exit_description: str | None = None
         self.channel_closed = False
         self._stdin_idle = False  # nothing queued in the transport for the pipe (send)
+        self._stdin_watched = False  # the transport tells us when the pipe has drained
+        self._stdin_queue: collections.deque[bytes] = collections.deque()  # waiting for it
         self.gone = False
         self._parser = channel.FrameParser(self)
         self._kind = None
@@ -96,27 +100,37 @@ class WorkerProcess(protocol.ProcessProtocol):
     def send(self, *pieces: bytes) -> None:
         """Write frame bytes to the worker (pieces avoid copying big requests).
 
-        A small frame, while nothing is queued for the pipe, is written at
-        once with one ``os.write``: queuing it for the reactor's next turn
-        costs that turn and four ``epoll_ctl`` calls (Twisted's stdin writer
-        also watches the pipe for reading), a sixth of the server's time on
-        a keep-alive loop.  Whatever is not written at once, and every big
-        frame, goes through the transport, and until it has drained (the
-        transport tells our pull producer) later frames queue behind it.
+        While nothing is queued in the transport for the pipe, pieces are
+        written straight into it with ``os.write``, as far as it takes them:
+        queuing a small frame for the reactor's next turn costs that turn
+        and four ``epoll_ctl`` calls (Twisted's stdin writer also watches
+        the pipe for reading), a sixth of the server's time on a keep-alive
+        loop; and a big request (a 10 MB array argument) given whole to the
+        transport is joined into one copy first.  The first piece the pipe
+        does not take goes to the transport; the rest wait here until the
+        transport says it has drained (our pull producer), so nothing is
+        ever written out of order.  Where the transport gives no such word
+        (Windows), everything goes through it.
         """
         if self.transport is None or self.exit_description is not None:
             return
         if sum(map(len, pieces)) <= SMALL_FRAME:
-            data = b"".join(pieces)
-            if self._stdin_idle:
-                data = data[self._write_now(data) :]
-                if not data:
-                    return
-            self._stdin_idle = False
-            self.transport.write(data)
-        else:
-            self._stdin_idle = False
+            pieces = (b"".join(pieces),)
+        if not self._stdin_watched:
             self.transport.writeSequence(list(pieces))
+            return
+        self._stdin_queue.extend(piece for piece in pieces if piece)
+        self._feed_stdin()
+
+    def _feed_stdin(self) -> None:
+        """Write queued pieces into the pipe while it is idle and takes them."""
+        queue = self._stdin_queue
+        while self._stdin_idle and queue:
+            piece = queue.popleft()
+            written = self._write_now(piece)
+            if written < len(piece):
+                self._stdin_idle = False
+                self.transport.write(piece[written:])
 
     def _write_now(self, data: bytes) -> int:
         """Bytes of ``data`` written straight to the idle stdin pipe (0: let the transport)."""
@@ -164,6 +178,7 @@ class WorkerProcess(protocol.ProcessProtocol):
             reader.doRead = functools.partial(_read_big, reader)
         writer = getattr(self.transport, "pipes", {}).get(0)
         if writer is not None:  # POSIX: tell us each time the stdin pipe has drained
+            self._stdin_watched = True
             writer.registerProducer(_StdinDrained(self), False)
 
     # IPushProducer, for the client a reply streams to: a slow client pauses
@@ -221,6 +236,7 @@ class WorkerProcess(protocol.ProcessProtocol):
         if self._grace_call is not None and self._grace_call.active():
             self._grace_call.cancel()
         self._grace_call = None
+        self._stdin_queue.clear()  # nobody will read it
         if not self.gone:
             self.gone = True
             self.supervisor.worker_gone(self, self.exit_description)

@@ -37,6 +37,29 @@ def test_worker_pipes_are_read_a_megabyte_at_a_time(tmp_path):
             os.close(write_end)
 
 
+def fill(fd) -> int:
+    """Fill the pipe whose write end is ``fd``; how many bytes it took."""
+    os.set_blocking(fd, False)
+    taken = 0
+    try:
+        while True:
+            taken += os.write(fd, b"." * 65536)
+    except BlockingIOError:
+        return taken
+
+
+def drain(fd, size) -> bytes:
+    """Up to ``size`` bytes from the read end ``fd``: as much as is there, without waiting."""
+    os.set_blocking(fd, False)
+    data = b""
+    try:
+        while len(data) < size:
+            data += os.read(fd, size - len(data))
+    except BlockingIOError:
+        pass
+    return data
+
+
 class StdinWriter:
     """The parts of Twisted's stdin pipe writer that WorkerProcess uses."""
 
@@ -75,11 +98,21 @@ def test_small_frames_go_straight_into_an_idle_pipe_and_never_overtake_queued_on
         worker.connectionMade()
         worker.send(b"small-1")
         assert os.read(read_end, 100) == b"small-1" and worker.transport.queued == []
-        big = b"B" * (process.SMALL_FRAME + 1)
-        worker.send(big)
-        worker.send(b"small-2")  # the big frame may still be queued: behind it
-        assert worker.transport.queued == [big, b"small-2"]
+        room = fill(write_end)  # the pipe is full: what does not fit waits its turn
+        big = [b"head", b"B" * (process.SMALL_FRAME + 1), b"tail"]
+        worker.send(*big)
+        worker.send(b"small-2")
+        assert worker.transport.queued == [b"head"]  # to the transport; the rest waits
+        worker.transport.queued = []
+        drain(read_end, room)
         worker.transport.pipes[0].producer.resumeProducing()  # the transport has drained
+        # The big piece goes straight in as far as the pipe takes it; its rest to the
+        # transport; "tail" and "small-2" still wait for the transport to drain.
+        written = drain(read_end, room)
+        assert written + b"".join(worker.transport.queued) == big[1]
+        worker.transport.queued = []
+        worker.transport.pipes[0].producer.resumeProducing()
+        assert drain(read_end, 4 + 7) == b"tail" + b"small-2"
         worker.send(b"small-3")
         assert os.read(read_end, 100) == b"small-3"
     finally:
