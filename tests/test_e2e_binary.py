@@ -409,3 +409,25 @@ def test_the_original_clients_name_keeps_lists(server):
     assert client("127.0.0.1", server.port, 20, binary=True).com("arrays", "floats", 2).shape == (
         2,
     )
+
+
+def test_a_bad_binary_field_is_a_bad_request(server, lab):
+    reason = refused(server, {"function": "floats", "args": [2], "binary": "yes"})
+    assert reason == 'BadRequest: "binary" must be 1 or 0 (true or false), not "yes"'
+    serves_still(lab)
+
+
+def test_a_client_without_numpy_keeps_json(server, tmp_path):
+    (tmp_path / "numpy.py").write_text("raise ImportError('no numpy here')\n")
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from modserver.client import Client; "
+        "c = Client('127.0.0.1', int(sys.argv[2]), timeout=20); "
+        "print(c.binary, c.com('arrays', 'floats', 3))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), str(server.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout == "False [0.0, 1.0, 2.0]\n", done.stderr
