@@ -257,3 +257,49 @@ def test_raw_segments_come_out_whole_however_the_data_is_split(items, cuts):
         receiver.dataReceived(data[start:end])
     assert receiver.events == expected
     assert receiver.raw_pending() is None
+
+
+# The server's side of a request with segments, on a StringTransport ----------------------
+
+segment_fields = st.one_of(
+    st.lists(st.integers(-3, 40), max_size=4),
+    st.lists(json_values, max_size=3),
+    json_values,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(st.just(1), st.just(0), json_values),
+    segment_fields,
+    st.binary(max_size=120),
+    st.lists(st.integers(min_value=0, max_value=200), max_size=6),
+    st.booleans(),
+)
+def test_any_segments_and_bytes_get_a_call_or_one_error_reply(
+    binary_field, segments, data, cuts, half_close
+):
+    from tests.test_protocol import Client
+
+    client = Client()
+    client.send({"name": "laser", "binary": 1})
+    client.transport.clear()
+    line = {"function": "f", "args": [], "binary": binary_field, "segments": segments}
+    stream = json.dumps(line).encode() + b"\n" + data
+    points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    for start, end in zip(points, points[1:], strict=False):
+        client.protocol.dataReceived(stream[start:end])
+    if half_close:
+        client.protocol.readConnectionLost()
+    submitted = client.server.modules["laser"].submitted
+    replies = client.transport.value().split(b"\n")[:-1]
+    if submitted:
+        (call,) = submitted
+        assert not replies
+        assert b"".join(call.segments) == data[: sum(segments)]
+    elif replies:
+        (reply,) = replies
+        assert json.loads(reply)["error"] is True
+        assert json.loads(reply)["response"].startswith("BadRequest: ")
+    else:  # still waiting for announced bytes that have not all come
+        assert isinstance(segments, list) and sum(segments) > len(data) and not half_close
