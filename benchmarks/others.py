@@ -3,8 +3,8 @@
 Run it with a Python that has Pyro5, rpyc and numpy (a venv of its own:
 they are not modserver's dependencies), pointing at modserver's twistd:
 
-    python -m venv /tmp/rpc && /tmp/rpc/bin/pip install Pyro5 rpyc numpy
-    /tmp/rpc/bin/python benchmarks/others.py --twistd .venv/bin/twistd
+    python -m venv rpc-venv && rpc-venv/bin/pip install Pyro5 rpyc numpy
+    rpc-venv/bin/python benchmarks/others.py --twistd .venv/bin/twistd
 
 Each server runs in a process of its own on 127.0.0.1 and makes the array
 once; each client call ends with a numpy array in hand.  Pyro5 and RPyC are
