@@ -123,7 +123,7 @@ async def test_the_async_client_takes_and_sends_arrays(server):
     assert array.shape == (2_000_000,) and array[-1] == 1_999_999
     argument = np.arange(300_000, dtype=np.int32)
     described = await lab.com("arrays", "describe", argument).addTimeout(20, reactor)
-    assert described == ["ndarray", "<i4", [300_000], True, float(argument.sum())]
+    assert described == ["ndarray", "<i4", [300_000], True, float(argument.sum(dtype=np.float64))]
     session = await lab.session("arrays").addTimeout(20, reactor)
     for _ in range(2):
         frame = await session.call("frame", 8, 8).addTimeout(20, reactor)
