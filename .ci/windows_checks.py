@@ -73,11 +73,18 @@ class Check:
 
     def spawn_child(self):
         """A long-lived child, as vendor tools start them."""
-        child = subprocess.Popen(
-            [sys.executable, "-c", "import time; time.sleep(300)  # " + MARK],
-            creationflags=subprocess.CREATE_NO_WINDOW,
-        )
-        return child.pid
+        for attempt in range(3):
+            try:
+                child = subprocess.Popen(
+                    [sys.executable, "-c", "import time; time.sleep(300)  # " + MARK],
+                    creationflags=subprocess.CREATE_NO_WINDOW,
+                )
+                return child.pid
+            except OSError as exc:
+                # Wine-only: now and then Wine 8 fails to start a process
+                # (ERROR_INTERNAL_ERROR, its child died starting up); try again.
+                if getattr(exc, "winerror", None) != 1359 or attempt == 2:
+                    raise
 
     def alive(self, pid):
         handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION

@@ -223,7 +223,7 @@ class ServerProcess:
             ]
         self._log = open(self.log_path, "ab")
         self.cwd = cwd or self.directory
-        self.process = subprocess.Popen(
+        self.process = wine.popen(
             command,
             cwd=self.cwd,
             stdout=self._log,

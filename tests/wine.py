@@ -5,6 +5,8 @@
 
 - the tests in ``SKIPS`` are skipped, each with the Wine limitation that
   stops it (on a real Windows they run);
+- a process Wine 8 fails to start, as it now and then does, is started
+  again (``popen``);
 - Ctrl-Break, which Wine 8 cannot send (``GenerateConsoleCtrlEvent`` is
   missing), is delivered as what Wine turns into a console Ctrl-C: a Linux
   SIGINT to the server's Wine process.
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 UNDER_WINE = os.environ.get("MODSERVER_UNDER_WINE") == "1"
 
@@ -33,6 +36,18 @@ def skip_reason(nodeid: str) -> str | None:
         if nodeid == start or nodeid.startswith(start + "["):
             return f"under Wine: {reason}"
     return None
+
+
+def popen(*args, **kwargs):
+    """``subprocess.Popen``; under Wine, tried again when Wine 8 fails to start
+    the process (ERROR_INTERNAL_ERROR: its child died starting up), now and then."""
+    for attempt in range(3):
+        try:
+            return subprocess.Popen(*args, **kwargs)
+        except OSError as exc:
+            if not UNDER_WINE or getattr(exc, "winerror", None) != 1359 or attempt == 2:
+                raise
+    raise AssertionError("not reached")
 
 
 def _servers_in(directory: str):
