@@ -46,10 +46,22 @@ _OPTIONS = (
     "keep_alive_hold",
     "max_lease",
     "order",
+    "min_period",
 )
 
 # Options whose change applies at once; a change to any other restarts the worker.
-LIVE_FIELDS = ("allow", "queue_share", "queue_wait", "keep_alive_hold", "max_lease", "order")
+LIVE_FIELDS = (
+    "allow",
+    "queue_share",
+    "queue_wait",
+    "keep_alive_hold",
+    "max_lease",
+    "order",
+    "min_period",
+)
+
+# The shortest period at which the server polls a watched reading of a module.
+DEFAULT_MIN_PERIOD = 0.1
 
 
 class ConfigError(Exception):
@@ -81,6 +93,7 @@ class ModuleSpec:
     keep_alive_hold: float = DEFAULT_KEEP_ALIVE_HOLD
     max_lease: float | None = None  # the longest lease it grants (None: the server's --max-lease)
     order: str = TURNS  # "turns" across clients, or "arrival" order
+    min_period: float = DEFAULT_MIN_PERIOD  # seconds between two polls of a watched reading
 
     def needs_restart(self, other: ModuleSpec) -> bool:
         """True if ``other`` differs in more than the options that apply at once."""
@@ -208,6 +221,7 @@ def _object_entry(name, value, base_dir, python, which) -> ModuleSpec:
         keep_alive_hold=_keep_alive_hold(value.get("keep_alive_hold", DEFAULT_KEEP_ALIVE_HOLD)),
         max_lease=_max_lease(value.get("max_lease")),
         order=_order(value.get("order", TURNS)),
+        min_period=_min_period(value.get("min_period", DEFAULT_MIN_PERIOD)),
     )
 
 
@@ -294,6 +308,12 @@ def _max_lease(value) -> float | None:
         return None
     if not positive_seconds(value):
         raise _BadEntry(f'"max_lease" must be a positive number of seconds or null, not {value!r}')
+    return float(value)
+
+
+def _min_period(value) -> float:
+    if not positive_seconds(value):
+        raise _BadEntry(f'"min_period" must be a positive number of seconds, not {value!r}')
     return float(value)
 
 

@@ -159,3 +159,17 @@ def test_queue_share_and_wait_are_read_and_apply_without_a_restart():
     second = parse_config(json.dumps({"m": changed}), "/cfg").modules[0]
     assert (second.queue_share, second.queue_wait) == (2, 5.0)
     assert not first.needs_restart(second)
+
+
+def test_min_period_defaults_and_is_checked():
+    config = parse(
+        {
+            "a": {"module": "m", "entry": "E"},
+            "b": {"module": "m", "entry": "E", "min_period": 0.5},
+            "c": {"module": "m", "entry": "E", "min_period": 0},
+        }
+    )
+    assert config.get("a").min_period == 0.1
+    assert config.get("b").min_period == 0.5
+    assert config.get("c") is None
+    assert any('"min_period" must be a positive number' in p for p in config.problems)
