@@ -16,7 +16,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from modserver import leases, messages, wire
+from modserver import leases, messages, watches, wire
 from modserver.access import Identity
 from modserver.admission import REFUSING_AT_ONCE
 from modserver.calls import Call, CallSink
@@ -38,6 +38,8 @@ SEND_LIMIT = 1024 * 1024
 RAW_READ_SIZE = 1024 * 1024
 
 RELOAD = "_reload_"
+WATCH = "_watch"
+LATEST = "_latest"
 GET_MODULES = "_get_modules"
 STATUS = "_status"
 
@@ -105,6 +107,10 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._segments_for = None  # (request, its line, plain) while its segments arrive
         self._default_read = None  # the transport's read size, while a larger one is used
         self._direct = False  # nothing of ours is queued in the (plain TCP) transport
+        self._watch_open = False  # the hello was _watch: one watch request follows
+        self._watcher = None  # the watch this connection streams (watches.Watcher)
+        self._watch_plain = True
+        self._latest_only = False  # the hello was _latest: one answer, no watch
 
     # Connection ---------------------------------------------------------
 
@@ -152,6 +158,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._cancel_timer()
         self._stop_watching_client()
         self._unregister_producer()
+        self._end_watch()
         if self._supervisor is not None:
             self._supervisor.release(self)
         answer, self._lease_answer = self._lease_answer, None
@@ -233,7 +240,11 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         except ReplyError as err:
             self._not_a_message(line, plain, err)
             return
-        if self._lease_open:
+        if self._watcher is not None:
+            self._close()  # any line stops the watch ({"stop": true} documented)
+        elif self._watch_open:
+            self._watch_request(message, plain)
+        elif self._lease_open:
             self._lease_request(message, plain)
         elif self._supervisor is None:
             self._hello(message, plain)
@@ -300,6 +311,11 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             self._answer(self.server.module_names(prefix, self.identity), plain)
         elif name == STATUS or name.startswith(STATUS + "."):
             self._status(name[len(STATUS) + 1 :], plain)
+        elif name in (WATCH, LATEST):
+            self._watch_open = True
+            self._latest_only = name == LATEST
+            self.transport.write(wire.encode_reply("ack", plain=plain))
+            self._await_input(self.settings.idle_timeout)
         elif name == leases.LEASE:
             self._lease_open = True
             self.transport.write(wire.encode_reply("ack", plain=plain))
@@ -417,6 +433,92 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             self._answer(result, plain)
 
         answer.addCallbacks(answered, failed)
+
+    # Watches ----------------------------------------------------------------
+
+    def _watch_request(self, message, plain: bool) -> None:
+        """The request after a ``_watch`` (or ``_latest``) hello."""
+        try:
+            what = watches.parse_request(message, latest=self._latest_only)
+        except ReplyError as err:
+            self._fail(err, plain)
+            return
+        if what is None:
+            self._close()  # {"function": null}: the client leaves
+            return
+        module, function, args, every = what
+        if self.server.module(module) is None:
+            self._fail(bad_request(f"{module} does not exist (case matters)"), plain)
+            return
+        if not self.server.may_open(self.identity, module):
+            self._refuse(self._module_refusal(module), module, plain)
+            return
+        if self._latest_only:
+            self._answer_latest(module, function, args, plain)
+            return
+        self._watch_plain = plain
+        try:
+            self._watcher = self.server.watches.watch(
+                self.identity.owner, module, function, args, every, self._send_sample,
+                self._watch_ended,
+            )
+        except ReplyError as err:
+            self._fail(err, plain)
+            return
+        self._busy()  # no idle deadline while watching
+        self.transport.registerProducer(WatchProducer(self), True)
+        self._producer = None  # (not a worker channel: never resumed as one)
+
+    def _answer_latest(self, module: str, function: str, args, plain: bool) -> None:
+        """``_latest``: the last value of a watched reading and its age, no poll."""
+        reading = self.server.watches.board.latest(module, function, args)
+        try:
+            if reading is None:
+                name = watches.reading_name(watches.reading_key(module, function, args))
+                raise ReplyError(
+                    "NotWatched",
+                    f"nobody watches {name}; watch it, or name it in the config's readings",
+                )
+            answer = reading.latest_answer(self.server.reactor.seconds())
+        except ReplyError as err:
+            self._fail(err, plain)
+            return
+        self._answer(answer, plain)
+
+    def _send_sample(self, sample) -> None:
+        if self._closing:
+            return
+        try:
+            data = wire.encode_watch(sample.message(), self._watch_plain)
+        except (TypeError, ValueError) as exc:
+            reason = f"BadReply: the value cannot be sent as JSON ({exc})"
+            data = wire.encode_watch(
+                {"time": sample.time, "error": reason, "traceback": reason + "\n"},
+                self._watch_plain,
+            )
+        self.transport.write(data)
+
+    def _watch_ended(self, reason: ReplyError | None) -> None:
+        """The server ends this watch (its reading ended, or the client read nothing)."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            self.server.watches.unwatch(watcher)
+        if self._closing:
+            return
+        if reason is not None:
+            self.transport.write(reason.line(self._watch_plain))
+        self._close()
+        abort = getattr(self.transport, "abortConnection", None)
+        if reason is not None and abort is not None:
+            # A client that reads nothing would hold the connection open for ever.
+            self.server.reactor.callLater(DISCARD_WAIT, abort)
+
+    def _end_watch(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            self.server.watches.unwatch(watcher)
+            if self.transport.producer is not None:
+                self.transport.unregisterProducer()
 
     # Step 2: requests -------------------------------------------------------
 
@@ -648,6 +750,27 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+
+@implementer(interfaces.IPushProducer)
+class WatchProducer:
+    """A watching connection's flow control: a client that does not read pauses its watch."""
+
+    def __init__(self, proto: ClientProtocol) -> None:
+        self.proto = proto
+
+    def pauseProducing(self) -> None:
+        watcher = self.proto._watcher
+        if watcher is not None:
+            watcher.pause(self.proto.server.reactor.seconds())
+
+    def resumeProducing(self) -> None:
+        watcher = self.proto._watcher
+        if watcher is not None:
+            watcher.resume()
+
+    def stopProducing(self) -> None:
+        """The connection is going: connectionLost ends the watch."""
 
 
 def certificate_cn(certificate) -> str | None:

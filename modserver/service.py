@@ -23,6 +23,8 @@ from modserver.protocol import ClientFactory
 from modserver.refusals import RefusalTally
 from modserver.supervisor import ModuleSupervisor, WorkerSettings
 from modserver.watcher import FileWatch
+from modserver.watches import WatchBoard
+from modserver.watching import WatchHub
 from modserver.web import StatusPage, StatusSite
 
 HELP_TEXT = """\
@@ -111,6 +113,7 @@ class ModServer(service.MultiService):
         self.request_bytes = ByteBudget(
             settings.max_held_requests or max(128 * 1024 * 1024, 2 * settings.max_request)
         )
+        self.watches = WatchHub(WatchBoard(), self.module, reactor)
         self.connections = ConnectionLimits(
             self._connection_limit(len(config.modules)), settings.max_connections_per_address
         )
@@ -201,6 +204,7 @@ class ModServer(service.MultiService):
         """Stop listening, then stop every worker (each gets its ``__exit__``)."""
         if self._poller.running:
             self._poller.stop()
+        self.watches.stop()
         listening = [listener.stop() for listener in self._listeners]
         children = super().stopService()
         reason = ReplyError("ServerStopping", "the server is shutting down")
@@ -313,6 +317,7 @@ class ModServer(service.MultiService):
 
     def _snapshot(self, name: str) -> dict:
         snapshot = self.supervisors[name].snapshot()
+        snapshot["readings"] = self.watches.snapshot(name)
         snapshot["log"] = self.log_tail.lines(name)
         return snapshot
 

@@ -67,6 +67,39 @@ def check_period(value) -> float:
     return float(value)
 
 
+def parse_request(message, latest: bool = False):
+    """``(module, function, args, every)`` of a watch request, or None for "leaving".
+
+    ``{"module": M, "function": F, "args": [..], "every": S}``; the module
+    may also be named in the function as ``"M.F"`` (what ``hw.com('_latest',
+    'M.F')`` sends).  ``every`` is not asked of a ``_latest`` request.
+    """
+    if not isinstance(message, dict) or "function" not in message:
+        raise bad_request(
+            'a watch request is a JSON object like {"module": "m", "function": "f", '
+            '"args": [], "every": 0.5}'
+        )
+    function = message["function"]
+    if function is None:
+        return None
+    if not isinstance(function, str) or not function:
+        raise bad_request('"function" must be a non-empty string')
+    module = message.get("module")
+    if module is None:
+        module, dot, function = function.rpartition(".")
+        if not dot or not module or not function:
+            raise bad_request(
+                'name the module: {"module": "m", "function": "f"} or {"function": "m.f"}'
+            )
+    elif not isinstance(module, str) or not module:
+        raise bad_request('"module" must be a non-empty string')
+    args = message.get("args", [])
+    if not isinstance(args, list):
+        raise bad_request('"args" must be a list of arguments')
+    every = None if latest else check_period(message.get("every"))
+    return module, function, args, every
+
+
 def reading_key(module: str, function: str, args) -> tuple[str, str, str]:
     """The key two watches share when they watch the same thing."""
     return (module, function, json.dumps(args, sort_keys=True, separators=(",", ":")))
@@ -192,6 +225,22 @@ class Reading:
         for watcher in list(self.watchers):
             watcher.offer(sample)
         return kind in FATAL_KINDS
+
+    def latest_answer(self, now: float) -> dict:
+        """``_latest``: the last good value, its time and age, and the last error if newer."""
+        good = self.last_good
+        if good is None:
+            if self.latest is not None:
+                kind, _, message = self.latest.error.partition(": ")
+                raise ReplyError(kind, message, self.latest.traceback)
+            raise ReplyError("NotYet", f"{reading_name(self.key)} has not been read yet")
+        newer = self.latest if self.latest is not good else None
+        return {
+            "value": good.value,
+            "time": good.time,
+            "age": round(now - good.time, 6),
+            "error": newer.error if newer is not None else None,
+        }
 
     def snapshot(self, now: float) -> dict:
         """For the status page and ``_status``."""

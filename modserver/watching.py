@@ -113,6 +113,15 @@ class WatchHub:
         self._schedule(reading)
         return reading
 
+    def snapshot(self, module: str) -> list[dict]:
+        """The readings of ``module`` being watched, for ``_status`` and the status page."""
+        now = self.reactor.seconds()
+        return [
+            reading.snapshot(now)
+            for key, reading in sorted(self.board.readings.items())
+            if key[0] == module
+        ]
+
     def stop(self) -> None:
         """The server stops: no more polls."""
         for key in list(self._timers):

@@ -222,6 +222,18 @@ def reply_body(response, error: bool = False, traceback: str = "", plain: bool =
     return data if plain else quote_plus(data)
 
 
+def encode_watch(message: dict, plain: bool = False) -> bytes:
+    """One line of a watch (``{"time": t, "value": v}`` or an error), newline included."""
+    try:
+        text = json.dumps(message, default=_to_json, allow_nan=False)
+    except ValueError as exc:
+        if "Out of range float" not in str(exc):
+            raise
+        text = json.dumps(_finite(message), default=_to_json, allow_nan=False)
+    data = text.encode("ascii")
+    return (data if plain else quote_plus(data)) + b"\n"
+
+
 def encode_reply(response, error: bool = False, traceback: str = "", plain: bool = False):
     """Encode a whole reply line, newline included."""
     return reply_body(response, error, traceback, plain) + b"\n"

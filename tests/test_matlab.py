@@ -190,3 +190,54 @@ def test_the_recorded_lease_exchange_of_hwserver_com(hw):
     assert hw.com("_lease", "show", "basic") is None
     with pytest.raises(RuntimeError, match="hwserver error: BadRequest: the lease needs a pos"):
         hw.com("_lease", "take", "basic", NAN)  # NaN arrives as null
+
+
+# hw.com('_latest', 'MODULE.FUNCTION', args...): the latest value of a watched
+# reading and its age, from the server's memory (the instrument is not asked).
+LATEST_HELLO = b"%7B%22name%22%3A%22_latest%22%7D\n"
+LATEST_ADD = (
+    b"%7B%22function%22%3A%22basic.add%22%2C%22args%22%3A%5B2%2C3%5D%2C"
+    b"%22keep_alive%22%3Afalse%7D\n"
+)
+
+
+def test_matlab_sends_these_bytes_for_latest():
+    hello = java_urlencode(matlab_jsonencode({"name": "_latest"}))
+    ask = {"function": "basic.add", "args": [2, 3], "keep_alive": False}
+    assert hello.encode() + b"\n" == LATEST_HELLO
+    assert java_urlencode(matlab_jsonencode(ask)).encode() + b"\n" == LATEST_ADD
+
+
+def _status_of_basic(port: int) -> dict:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b'{"name": "_status.basic"}\n')
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)["response"]["modules"]["basic"]
+
+
+def test_the_recorded_latest_exchange_of_hwserver_com(hw):
+    with pytest.raises(RuntimeError, match="hwserver error: NotWatched: nobody watches basic.add"):
+        hw.com("_latest", "basic.add", 2, 3)
+    with socket.create_connection(("127.0.0.1", hw.port), timeout=10) as watcher:
+        watcher.sendall(b'{"name": "_watch"}\n')
+        watcher.sendall(b'{"module": "basic", "function": "add", "args": [2, 3], "every": 600}\n')
+        lines = b""
+        while lines.count(b"\n") < 2:
+            lines += watcher.recv(4096)
+        assert json.loads(lines.split(b"\n")[1])["value"] == 5
+        served = _status_of_basic(hw.port)["calls_served"]
+        with socket.create_connection(("127.0.0.1", hw.port), timeout=10) as sock:
+            buffer = bytearray()
+            sock.sendall(LATEST_HELLO)
+            assert hw._line(sock, buffer) == "ack"
+            sock.sendall(LATEST_ADD)
+            latest = hw._line(sock, buffer)
+            assert sock.recv(1) == b""  # one reply, then the server closes, as com expects
+        assert latest["value"] == 5 and 0 <= latest["age"] < 600 and latest["error"] is None
+        assert hw.com("_latest", "basic.add", 2, 3)["value"] == 5
+        assert _status_of_basic(hw.port)["calls_served"] == served  # the module was not asked

@@ -1,0 +1,113 @@
+"""Watches against a real server: shared polls, bad input, vanishing watchers, a killed worker."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.helpers import HARD_KILL, Connection, ServerProcess, call, decode, response, wait_for
+
+COUNTING = {"module": "counting", "entry": "Counting", "min_period": 0.05}
+
+
+@pytest.fixture
+def srv(tmp_path):
+    with ServerProcess(tmp_path, {"counting": COUNTING}).start() as server:
+        yield server
+
+
+def start_watch(port, request, plain=True):
+    conn = Connection(port)
+    conn.send({"name": "_watch"}, plain)
+    assert decode(conn.read_line(), plain)["response"] == "ack"
+    conn.send(request, plain)
+    return conn
+
+
+def values(conn, n, plain=True):
+    return [decode(conn.read_line(), plain) for _ in range(n)]
+
+
+def test_two_watchers_share_one_poll(srv):
+    request = {"module": "counting", "function": "mark", "every": 0.1}
+    with start_watch(srv.port, request) as a, start_watch(srv.port, request, plain=False) as b:
+        got_a = [m["value"] for m in values(a, 10)]
+        got_b = [m["value"] for m in values(b, 10, plain=False)]
+        # One poll for both: each value read once and seen by both watchers.
+        assert got_a == sorted(set(got_a)) and got_b == sorted(set(got_b))
+        assert set(got_a) & set(got_b)
+        (reading,) = srv.module_status("counting")["readings"]
+        assert reading["watchers"] == 2 and reading["period"] == 0.1
+    count = response(call(srv.port, "counting", "count"))
+    polls = wait_for(lambda: srv.module_status("counting")["readings"] == [] or None,
+                     what="the reading to end") and count
+    assert polls < 40  # 10 + 10 values shared, not 20 separate polls each way
+
+
+def test_a_value_line_is_time_and_value(srv):
+    with start_watch(srv.port, {"module": "counting", "function": "echo", "args": [2.5],
+                                "every": 0.2}) as conn:
+        (line,) = values(conn, 1)
+        assert set(line) == {"time", "value"} and line["value"] == 2.5
+        assert isinstance(line["time"], float)
+        conn.send({"stop": True}, plain=True)
+        assert conn.is_closed()
+
+
+@pytest.mark.parametrize(
+    ("request_", "reason"),
+    [
+        ({"module": "counting", "function": "mark", "every": 0}, 'BadRequest: "every" must be'),
+        ({"module": "counting", "function": "mark", "every": -1}, 'BadRequest: "every" must'),
+        ({"module": "counting", "function": "mark", "every": 1e12}, "BadRequest: \"every\""),
+        ({"module": "counting", "function": "mark"}, 'BadRequest: "every" must be a number'),
+        ({"module": "nosuch", "function": "mark", "every": 1}, "BadRequest: nosuch does not"),
+        ({"module": "counting", "function": "nope", "every": 1}, 'BadRequest: counting has no function'),
+    ],
+)
+def test_bad_input_gets_one_clear_error(srv, request_, reason):
+    with start_watch(srv.port, request_) as conn:
+        reply = decode(conn.read_line(), True)
+        assert reply["error"] is True or "error" in reply
+        text = reply.get("response") if "response" in reply else reply["error"]
+        assert text.startswith(reason), text
+        assert conn.is_closed()
+
+
+def test_nan_period_is_refused(srv):
+    with start_watch(srv.port, {"module": "counting", "function": "mark", "every": None}) as c:
+        assert decode(c.read_line(), True)["response"].startswith('BadRequest: "every"')
+    conn = Connection(srv.port)
+    conn.send({"name": "_watch"}, plain=True)
+    conn.read_line()
+    conn.send_raw(b'{"module": "counting", "function": "mark", "every": NaN}\n')
+    assert decode(conn.read_line(), True)["response"].startswith('BadRequest: "every"')
+    conn.close()
+
+
+def test_a_watcher_that_vanishes_ends_its_reading(srv):
+    conn = start_watch(srv.port, {"module": "counting", "function": "mark", "every": 0.05})
+    values(conn, 3)
+    conn.close()
+    wait_for(lambda: srv.module_status("counting")["readings"] == [], what="the reading to end")
+    first = response(call(srv.port, "counting", "count"))
+    # Polls have stopped: the count moves no more (beyond one poll under way).
+    wait_for(lambda: response(call(srv.port, "counting", "count")) <= first + 1)
+
+
+def test_worker_killed_while_watched_told_once_then_values_again(srv):
+    # A slow reading: a poll is nearly always under way when the worker is killed.
+    request = {"module": "counting", "function": "sleep", "args": [0.3], "every": 0.05}
+    with start_watch(srv.port, request) as w:
+        values(w, 1)
+        os.kill(srv.module_status("counting")["pid"], HARD_KILL)
+        seen = []
+        for _ in range(50):  # bounded: a few lines at most are expected
+            seen.append(decode(w.read_line(), True))
+            if "value" in seen[-1] and any("error" in s for s in seen):
+                break
+        errors = [s["error"] for s in seen if "error" in s]
+        assert len(errors) == 1, seen
+        assert errors[0].split(":")[0] in ("WorkerDied", "Unavailable"), errors
+        assert [m["value"] for m in values(w, 2)] == [0.3, 0.3]  # values again
