@@ -31,6 +31,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 
 try:  # the package's fast codec, when the package is installed
     from modserver.wire import quote_plus as _quote
@@ -267,8 +268,15 @@ class _Connection:
 
     def receive(self, what: str, timeout: float = None):
         """Read one reply; its response, or ServerError for an error reply."""
+        reply = self.receive_line(what, timeout)
+        if reply.get("error"):
+            raise ServerError(str(reply.get("response")), reply.get("traceback") or "")
+        return reply.get("response")
+
+    def receive_line(self, what: str, timeout: float = None, wait_forever: bool = False) -> dict:
+        """Read one line, decoded (``wait_forever``: no timeout, as a watch waits)."""
         timeout = self.timeout if timeout is None else timeout
-        self.sock.settimeout(timeout)
+        self.sock.settimeout(None if wait_forever else timeout)
         chunks, data = [], self._pending
         try:
             while b"\n" not in data:
@@ -302,9 +310,7 @@ class _Connection:
         reply = json.loads(text)
         if self.binary and isinstance(reply, dict) and reply.get("segments"):
             reply = self._with_segments(text, reply["segments"], what, timeout)
-        if reply.get("error"):
-            raise ServerError(str(reply.get("response")), reply.get("traceback") or "")
-        return reply.get("response")
+        return reply
 
     def _with_segments(self, text: str, sizes, what: str, timeout: float):
         """The reply with its arrays: its segments read into one buffer, arrays made
@@ -495,6 +501,78 @@ class Client:
     def module(self, module: str) -> ModuleProxy:
         """An object whose methods call ``module``'s, one connection per call."""
         return ModuleProxy(self, module)
+
+    def watch(self, module: str, function: str, *args, every: float = 1.0,
+              timeout: float = None) -> Watch:
+        """Values of ``module.function(*args)`` as the server reads them, every ``every`` s.
+
+        ``for t, value in client.watch("wavemeter", "get_wavelength", every=0.1): ...``
+        ``t`` is the server's Unix time of the reading.  A failed reading
+        comes as ``(t, ServerError)``; a mistake (unknown function, bad
+        period) raises ServerError.  ``timeout``: seconds to wait for each
+        value (None: no limit).  Close it (``close()`` or ``with``) to stop.
+        """
+        return Watch(self, module, function, list(args), every, timeout)
+
+
+class Watch:
+    """An open watch: iterate for ``(time, value)``; ``close()`` stops it."""
+
+    def __init__(self, client: Client, module: str, function: str, args: list,
+                 every: float, timeout: float = None) -> None:
+        self.name = "%s.%s" % (module, function)
+        self.timeout = timeout
+        self.closed = False
+        self._connection = client._connect()
+        self._connection.binary = False  # a watch's values come as JSON lines
+        try:
+            acked = self._connection.ask({"name": "_watch"}, "waiting for the watch service")
+            if acked != "ack":
+                raise ClientError("unexpected answer to the _watch hello: %r" % (acked,))
+            self._connection.send(
+                {"module": module, "function": function, "args": args, "every": every}
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    def __iter__(self) -> Watch:
+        return self
+
+    def __next__(self):
+        if self.closed:
+            raise StopIteration
+        try:
+            line = self._connection.receive_line(
+                "watching %s" % self.name, self.timeout, wait_forever=self.timeout is None
+            )
+        except ConnectionFailed:
+            if self.closed:
+                raise StopIteration from None
+            self.close()
+            raise
+        if "value" in line:
+            return line["time"], line["value"]
+        if "time" in line:  # a failed reading; the watch goes on unless the server ends it
+            return line["time"], ServerError(str(line.get("error")), line.get("traceback") or "")
+        self.close()  # an error reply: the watch was refused or ended
+        raise ServerError(str(line.get("response")), line.get("traceback") or "")
+
+    def close(self) -> None:
+        """Stop watching (the server stops polling if nobody else watches)."""
+        if not self.closed:
+            self.closed = True
+            try:
+                self._connection.send({"stop": True})
+            except ClientError:
+                pass
+            self._connection.close()
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 class ModuleProxy:
@@ -898,6 +976,15 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="take: seconds to wait while another client holds it (0)",
     )
+    watch = command("watch", "print a reading's values as the server reads them")
+    watch.add_argument("module")
+    watch.add_argument("function")
+    watch.add_argument("args", nargs="*", metavar="ARG")
+    watch.add_argument(
+        "--every", type=float, default=1.0, help="seconds between readings (%(default)s)"
+    )
+    watch.add_argument("--csv", action="store_true", help="print time,value,error lines")
+    watch.add_argument("--count", type=int, default=0, help="stop after this many lines")
     discover = command(
         "discover", "list the servers announced on the lab network and their modules"
     )
@@ -924,7 +1011,46 @@ def _run(lab: Client, options):
         return load_discovery().discover(options.wait, options.timeout, lab.tls)
     if command == "lease":
         return _lease(lab, options)
+    if command == "watch":
+        return _watch(lab, options)
     return lab.com(options.module, options.function, *map(_argument, options.args))
+
+
+def _watch(lab: Client, options) -> None:
+    """Print each value as it comes (until Ctrl-C, or ``--count`` lines)."""
+    watch = lab.watch(
+        options.module, options.function, *map(_argument, options.args), every=options.every
+    )
+    out = sys.stdout
+    if options.csv:
+        out.write("time,value,error\n")
+    shown = 0
+    try:
+        for t, value in watch:
+            error = value.reason if isinstance(value, ServerError) else ""
+            value = None if error else value
+            if options.csv:
+                cells = ["%.6f" % t, "" if error else json.dumps(value), error]
+                out.write(",".join(_csv_cell(c) for c in cells) + "\n")
+            else:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + (
+                    "%.3f" % (t % 1))[1:]
+                out.write("%s %s\n" % (when, error or json.dumps(value)))
+            out.flush()
+            shown += 1
+            if options.count and shown >= options.count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        watch.close()
+    return None
+
+
+def _csv_cell(text: str) -> str:
+    if any(c in text for c in ',"\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def _lease_mistake(options) -> str:
@@ -1045,6 +1171,8 @@ def main(argv=None) -> int:
     except ClientError as exc:
         sys.stderr.write("error: %s\n" % exc)
         return EXIT_UNREACHABLE
+    if options.command == "watch":
+        return 0
     if getattr(options, "save", None):
         try:
             text = save_array(options.save, response)

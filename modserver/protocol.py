@@ -498,18 +498,17 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             )
         self.transport.write(data)
 
-    def _watch_ended(self, reason: ReplyError | None) -> None:
-        """The server ends this watch (its reading ended, or the client read nothing)."""
+    def _watch_ended(self, reason: ReplyError, stuck: bool) -> None:
+        """The server ends this watch (its reading cannot be read, or the client read nothing)."""
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             self.server.watches.unwatch(watcher)
         if self._closing:
             return
-        if reason is not None:
-            self.transport.write(reason.line(self._watch_plain))
+        self.transport.write(reason.line(self._watch_plain))
         self._close()
         abort = getattr(self.transport, "abortConnection", None)
-        if reason is not None and abort is not None:
+        if stuck and abort is not None:
             # A client that reads nothing would hold the connection open for ever.
             self.server.reactor.callLater(DISCARD_WAIT, abort)
 

@@ -10,8 +10,8 @@ the latest one, and the ones it replaces are counted as dropped.
 Errors meaning "the module is down" (``WorkerDied``, ``Unavailable``) are
 told once: the watchers hear of it when it starts and then nothing until
 a value (or another error) comes.  A ``BadRequest`` answer (no such
-function, a name that is not public) ends the reading: watching it again
-would only repeat it.
+function, a name that is not public) ends the reading, and each watch with
+that error: watching it again would only repeat it.
 
 The clock is passed in as ``now``; the Twisted glue (watching.py) turns
 these decisions into calls and writes.
@@ -222,9 +222,11 @@ class Reading:
             self.down_told = True
         elif kind is not None:
             self.down_told = False
+        if kind in FATAL_KINDS:
+            return True  # the glue ends each watch with this error as its reason
         for watcher in list(self.watchers):
             watcher.offer(sample)
-        return kind in FATAL_KINDS
+        return False
 
     def latest_answer(self, now: float) -> dict:
         """``_latest``: the last good value, its time and age, and the last error if newer."""

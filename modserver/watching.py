@@ -65,7 +65,7 @@ class WatchHub:
         self.supervisor_of = supervisor_of  # module name -> its ModuleSupervisor or None
         self.reactor = reactor
         self._timers: dict[tuple, object] = {}
-        self._ends: dict[Watcher, Callable[[ReplyError | None], None]] = {}
+        self._ends: dict[Watcher, Callable[[ReplyError, bool], None]] = {}
         self._stuck = task.LoopingCall(self._check_stuck)
         self._stuck.clock = reactor
 
@@ -77,9 +77,13 @@ class WatchHub:
         args,
         period: float,
         deliver: Callable[[Sample], None],
-        end: Callable[[ReplyError | None], None],
+        end: Callable[[ReplyError, bool], None],
     ) -> Watcher:
-        """Start a watch (BadRequest or Busy if it cannot be); ``end`` closes its client."""
+        """Start a watch (BadRequest or Busy if it cannot be).
+
+        ``end(reason, stuck)`` closes its client: the reading cannot be read
+        (BadRequest), or the client read nothing for too long (``stuck``).
+        """
         supervisor = self.supervisor_of(module)
         min_period = supervisor.spec.min_period if supervisor is not None else 0.1
         watcher, reading = self.board.add(
@@ -183,10 +187,12 @@ class WatchHub:
                 error=sample.error,
             )
             self.board.end(reading)
+            kind, _, message = sample.error.partition(": ")
+            reason = ReplyError(kind, message, sample.traceback)
             for watcher in list(reading.watchers):
                 end = self._ends.get(watcher)
                 if end is not None:
-                    end(None)  # it was told why with the error itself
+                    end(reason, False)
             return
         self._schedule(reading)
 
@@ -200,7 +206,7 @@ class WatchHub:
                 f"({watcher.dropped} values dropped); the server ends it",
             )
             if end is not None:
-                end(err)
+                end(err, True)
             self.unwatch(watcher)
 
 

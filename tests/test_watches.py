@@ -49,7 +49,7 @@ def watch(hub, got, period=0.1, who="a", function="read", args=(), ends=None):
         list(args),
         period,
         got.append,
-        (ends.append if ends is not None else lambda reason: None),
+        ends if ends is not None else (lambda reason, stuck: None),
     )
 
 
@@ -148,10 +148,13 @@ def test_unknown_function_ends_the_watch_with_one_error():
     module = FakeModule()
     hub, clock = hub_with(module)
     got, ends = [], []
-    watcher = watch(hub, got, function="nope", ends=ends)
+    watcher = watch(hub, got, function="nope", ends=lambda *a: ends.append(a))
     clock.advance(0)
     module.answer(error='BadRequest: Meter has no function "nope" (case matters)')
-    assert [s.kind for s in got] == ["BadRequest"] and ends == [None]
+    assert got == []
+    ((reason, stuck),) = ends
+    assert reason.reason == 'BadRequest: Meter has no function "nope" (case matters)'
+    assert not stuck
     clock.advance(1)
     assert module.calls == []  # polled no more
     hub.unwatch(watcher)
@@ -176,13 +179,14 @@ def test_a_watcher_stuck_past_the_limit_is_ended_with_a_reason():
     module = FakeModule()
     hub, clock = hub_with(module, stuck_limit=5.0)
     ends = []
-    watcher = watch(hub, [], ends=ends)
+    watcher = watch(hub, [], ends=lambda *a: ends.append(a))
     watcher.pause(clock.seconds())
     for _ in range(60):
         clock.advance(0.1)
         if module.calls:
             module.answer(1)
-    assert len(ends) == 1 and ends[0].kind == "Busy" and "read nothing" in ends[0].message
+    ((reason, stuck),) = ends
+    assert stuck and reason.kind == "Busy" and "read nothing" in reason.message
     assert len(hub.board) == 0 and hub.board.readings == {}
 
 
