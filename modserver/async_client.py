@@ -63,6 +63,8 @@ class _LineClient(ChunkedLineReceiver):
         self.waiting: collections.deque[defer.Deferred] = collections.deque()
         self.lost = False
         self._reply_text = None  # a binary reply's line while its segments arrive
+        self.on_line = None  # lines nobody waits for (a watch's values) go here
+        self.on_lost = None
 
     def ask(self, message: dict) -> defer.Deferred:
         """Send ``message``; the Deferred fires with the reply's response."""
@@ -93,6 +95,8 @@ class _LineClient(ChunkedLineReceiver):
     def lineReceived(self, line: bytes) -> None:
         """A reply: fire the oldest waiter with it (a binary one once its segments came)."""
         if not self.waiting:
+            if self.on_line is not None:
+                self.on_line(line)
             return
         try:
             text = wire.unquote_plus(line)
@@ -142,6 +146,8 @@ class _LineClient(ChunkedLineReceiver):
             why = f"the TLS connection failed: {tls_reason(reason.value)}"
         for each in waiting:
             each.errback(ConnectionFailed(why))
+        if self.on_lost is not None:
+            self.on_lost(why)
 
 
 def _read(path: str) -> bytes:
@@ -303,6 +309,124 @@ class AsyncClient:
         ``async with client.lease("laser", seconds=600, wait=30): ...``
         """
         return AsyncLease(self, module, seconds, wait)
+
+    def watch(
+        self, module: str, function: str, *args, every: float = 1.0, callback=None
+    ) -> AsyncWatch:
+        """Values of ``module.function(*args)`` as the server reads them.
+
+        ``async for t, value in client.watch("wavemeter", "get_wavelength", every=0.1)``,
+        or ``client.watch(..., callback=f)`` to have ``f(t, value)`` called
+        for each.  A failed reading comes as ``(t, ServerError)``; a refused
+        watch raises (or fails ``watch.done``).  ``watch.close()`` stops it.
+        """
+        return AsyncWatch(self, module, function, list(args), every, callback)
+
+
+class AsyncWatch:
+    """A watch for Twisted programs: an async iterator, or a callback per value.
+
+    ``started`` fires once the server took the watch; ``done`` when it ends
+    (None when closed by this side, else the ServerError or ConnectionFailed).
+    Values the program has not taken yet are kept up to ``KEEP`` (the
+    oldest are dropped beyond, and counted in ``dropped``).
+    """
+
+    KEEP = 1000
+
+    def __init__(self, client: AsyncClient, module: str, function: str, args: list,
+                 every: float, callback=None) -> None:
+        self.callback = callback
+        self.dropped = 0
+        self.closed = False
+        self.done: defer.Deferred = defer.Deferred()
+        self._values: collections.deque = collections.deque()
+        self._next: defer.Deferred | None = None
+        self._end: BaseException | None = None
+        self._proto: _LineClient | None = None
+        request = {"module": module, "function": function, "args": args, "every": every}
+        self.started = defer.Deferred.fromCoroutine(self._start(client, request))
+        self.started.addErrback(self._failed)
+
+    async def _start(self, client: AsyncClient, request: dict) -> None:
+        proto = await client._connect(client.timeout)
+        proto.binary = False  # a watch's values come as JSON lines
+        self._proto = proto
+        if self.closed:
+            proto.transport.loseConnection()
+            return
+        await client._ask(proto, {"name": "_watch"}, "waiting for the watch service",
+                          client.timeout)
+        proto.on_line = self._line
+        proto.on_lost = self._lost
+        proto.send(request)
+
+    def _line(self, line: bytes) -> None:
+        try:
+            message = json.loads(wire.unquote_plus(line))
+        except ValueError:
+            return
+        if "value" in message:
+            self._give((message["time"], message["value"]))
+        elif "time" in message:
+            error = ServerError(str(message.get("error")), message.get("traceback") or "")
+            self._give((message["time"], error))
+        else:  # an error reply: the watch was refused or ended
+            self._ended(ServerError(str(message.get("response")), message.get("traceback") or ""))
+
+    def _give(self, item) -> None:
+        if self.callback is not None:
+            self.callback(*item)
+            return
+        waiting, self._next = self._next, None
+        if waiting is not None:
+            waiting.callback(item)
+            return
+        if len(self._values) >= self.KEEP:
+            self._values.popleft()
+            self.dropped += 1
+        self._values.append(item)
+
+    def _lost(self, why: str) -> None:
+        self._ended(None if self.closed else ConnectionFailed(why))
+
+    def _failed(self, failure) -> None:
+        self._ended(failure.value)
+
+    def _ended(self, error: BaseException | None) -> None:
+        if self._end is not None or self.done.called:
+            return
+        self._end = error if error is not None else StopAsyncIteration()
+        waiting, self._next = self._next, None
+        if waiting is not None:
+            waiting.errback(self._end)
+        if error is None:
+            self.done.callback(None)
+        else:
+            self.done.errback(error)
+            self.done.addErrback(lambda _: None)  # read through done or the iterator
+        if self._proto is not None:
+            self._proto.transport.loseConnection()
+
+    def close(self) -> None:
+        """Stop watching."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._proto is not None and not self._proto.lost:
+            self._proto.send({"stop": True})
+        self._ended(None)
+
+    def __aiter__(self) -> AsyncWatch:
+        return self
+
+    def __anext__(self) -> defer.Deferred:
+        if self._values:
+            return defer.succeed(self._values.popleft())
+        if self._end is not None:
+            return defer.fail(self._end)
+        self._next = defer.Deferred()
+        return self._next
 
 
 class AsyncLease:

@@ -117,3 +117,36 @@ async def test_a_lease_in_async_with_is_renewed_and_released_on_an_exception(lab
             assert held.lost is None
             raise RuntimeError("scan failed")
     assert await bounded(lab.lease_request("show", "basic")) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_watch_as_an_async_iterator(lab):
+    watch = lab.watch("basic", "add", 2, 3, every=0.1)
+    got = []
+    async for t, value in watch:
+        got.append((t, value))
+        if len(got) == 3:
+            watch.close()
+    assert [v for _, v in got] == [5, 5, 5] and got[0][0] < got[2][0]
+    assert await bounded(watch.done) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_watch_with_a_callback_and_a_refused_watch(lab):
+    got = []
+    enough = defer.Deferred()
+
+    def seen(t, value):
+        got.append(value)
+        if len(got) == 2 and not enough.called:
+            enough.callback(None)
+
+    watch = lab.watch("basic", "add", 1, 1, every=0.1, callback=seen)
+    await bounded(enough)
+    watch.close()
+    assert got[:2] == [2, 2]
+    refused = lab.watch("basic", "nope", every=0.1)
+    with pytest.raises(ServerError, match="BadRequest: basic has no function"):
+        await bounded(refused.__anext__())
+    with pytest.raises(ServerError, match='BadRequest: "every"'):
+        await bounded(lab.watch("basic", "add", 1, 1, every=-1).done)
