@@ -320,7 +320,12 @@ class AsyncClient:
         for each.  A failed reading comes as ``(t, ServerError)``; a refused
         watch raises (or fails ``watch.done``).  ``watch.close()`` stops it.
         """
-        return AsyncWatch(self, module, function, list(args), every, callback)
+        request = {"module": module, "function": function, "args": list(args), "every": every}
+        return AsyncWatch(self, request, callback)
+
+    def watch_published(self, module: str, name: str, callback=None) -> AsyncWatch:
+        """The values ``module`` publishes itself under ``name``, as ``watch`` gives them."""
+        return AsyncWatch(self, {"module": module, "published": name}, callback)
 
 
 class AsyncWatch:
@@ -334,8 +339,7 @@ class AsyncWatch:
 
     KEEP = 1000
 
-    def __init__(self, client: AsyncClient, module: str, function: str, args: list,
-                 every: float, callback=None) -> None:
+    def __init__(self, client: AsyncClient, request: dict, callback=None) -> None:
         self.callback = callback
         self.dropped = 0
         self.closed = False
@@ -344,7 +348,6 @@ class AsyncWatch:
         self._next: defer.Deferred | None = None
         self._end: BaseException | None = None
         self._proto: _LineClient | None = None
-        request = {"module": module, "function": function, "args": args, "every": every}
         self.started = defer.Deferred.fromCoroutine(self._start(client, request))
         self.started.addErrback(self._failed)
 

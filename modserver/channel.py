@@ -26,6 +26,7 @@ READY = 10  # JSON: pid, files to watch, load time
 LOAD_FAILED = 11  # JSON: reason, traceback, files to watch
 REPLY = 12  # an encoded client reply line, newline included
 LOG = 13  # JSON: one logging record
+PUBLISH = 14  # JSON: {"name", "value", "time"}: a value the module publishes itself
 
 # flags
 PLAIN = 0x01  # CALL: answer in plain JSON; REPLY: the reply is plain JSON

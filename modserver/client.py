@@ -512,15 +512,20 @@ class Client:
         period) raises ServerError.  ``timeout``: seconds to wait for each
         value (None: no limit).  Close it (``close()`` or ``with``) to stop.
         """
-        return Watch(self, module, function, list(args), every, timeout)
+        request = {"module": module, "function": function, "args": list(args), "every": every}
+        return Watch(self, request, "%s.%s" % (module, function), timeout)
+
+    def watch_published(self, module: str, name: str, timeout: float = None) -> Watch:
+        """The values ``module`` publishes itself under ``name`` (``publish(name, value)``)."""
+        request = {"module": module, "published": name}
+        return Watch(self, request, "%s's %s" % (module, name), timeout)
 
 
 class Watch:
     """An open watch: iterate for ``(time, value)``; ``close()`` stops it."""
 
-    def __init__(self, client: Client, module: str, function: str, args: list,
-                 every: float, timeout: float = None) -> None:
-        self.name = "%s.%s" % (module, function)
+    def __init__(self, client: Client, request: dict, name: str, timeout: float = None) -> None:
+        self.name = name
         self.timeout = timeout
         self.closed = False
         self._connection = client._connect()
@@ -529,9 +534,7 @@ class Watch:
             acked = self._connection.ask({"name": "_watch"}, "waiting for the watch service")
             if acked != "ack":
                 raise ClientError("unexpected answer to the _watch hello: %r" % (acked,))
-            self._connection.send(
-                {"module": module, "function": function, "args": args, "every": every}
-            )
+            self._connection.send(request)
         except BaseException:
             self.close()
             raise

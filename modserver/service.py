@@ -449,6 +449,7 @@ class ModServer(service.MultiService):
             supervisor = old.get(spec.name)
             if supervisor is None:
                 supervisor = ModuleSupervisor(spec, self.settings.workers, self.reactor)
+                supervisor.on_publish = self.watches.published
                 self._start_after_retired(supervisor)
             elif supervisor.spec.needs_restart(spec):
                 logs.for_module(spec.name).info(

@@ -76,6 +76,17 @@ class ModuleSupervisor:
         self.flow = CallFlow(spec, settings, reactor, self.stats, self.life)
         self.life.flow = self.flow
         self._spec = spec
+        # Values the module publishes itself: (module, name, value, time), for watches.
+        self.on_publish: Callable[[str, str, object, float], None] | None = None
+
+    def published(self, info: dict) -> None:
+        """The worker sent a value the module published."""
+        name, when = info.get("name"), info.get("time")
+        if self.on_publish is None or not isinstance(name, str):
+            return
+        if not isinstance(when, int | float) or isinstance(when, bool):
+            when = self.reactor.seconds()
+        self.on_publish(self.name, name, info.get("value"), float(when))
 
     @property
     def name(self) -> str:

@@ -31,6 +31,8 @@ DEFAULT_MAX_PER_IDENTITY = 100  # watches one client (address or certificate) ma
 DEFAULT_MAX_WATCHES = 2000  # watches the whole server holds
 DEFAULT_STUCK_LIMIT = 60.0  # seconds a watcher may not read before it is disconnected
 
+PUBLISHED = "@"  # a reading's function starting with this names a published value
+
 DOWN_KINDS = frozenset({"WorkerDied", "Unavailable"})
 FATAL_KINDS = frozenset({"BadRequest", "Forbidden"})
 
@@ -74,11 +76,18 @@ def parse_request(message, latest: bool = False):
     may also be named in the function as ``"M.F"`` (what ``hw.com('_latest',
     'M.F')`` sends).  ``every`` is not asked of a ``_latest`` request.
     """
-    if not isinstance(message, dict) or "function" not in message:
+    if not isinstance(message, dict) or ("function" not in message and "published" not in message):
         raise bad_request(
             'a watch request is a JSON object like {"module": "m", "function": "f", '
             '"args": [], "every": 0.5}'
         )
+    if "published" in message and "function" not in message:
+        name, module = message["published"], message.get("module")
+        if not isinstance(name, str) or not name:
+            raise bad_request('"published" must name a value the module publishes')
+        if not isinstance(module, str) or not module:
+            raise bad_request('"module" must be a non-empty string')
+        return module, PUBLISHED + name, [], None
     function = message["function"]
     if function is None:
         return None
@@ -182,6 +191,11 @@ class Reading:
         return json.loads(self.key[2])
 
     @property
+    def published(self) -> bool:
+        """A value the module publishes itself: never polled."""
+        return self.key[1].startswith(PUBLISHED)
+
+    @property
     def period(self) -> float:
         """The fastest period asked for, never below the module's ``min_period``."""
         asked = [w.period for w in self.watchers]
@@ -195,7 +209,7 @@ class Reading:
 
     def next_poll_at(self, now: float) -> float | None:
         """When the next poll should start (None: one is under way)."""
-        if self.polling:
+        if self.polling or self.published:
             return None
         if self.last_started is None:
             return now
@@ -313,7 +327,7 @@ class WatchBoard:
         deliver: Callable[[Sample], None],
     ) -> tuple[Watcher, Reading]:
         """A new watch, or Busy past the limits."""
-        period = check_period(period)
+        period = check_period(period) if period is not None else MAX_PERIOD
         refusal = self.refusal(who)
         if refusal is not None:
             raise refusal

@@ -18,7 +18,15 @@ from twisted.logger import Logger
 
 from modserver.calls import Call, CallSink
 from modserver.errors import ReplyError
-from modserver.watches import Reading, Sample, WatchBoard, Watcher, reading_name
+from modserver.watches import (
+    PUBLISHED,
+    Reading,
+    Sample,
+    WatchBoard,
+    Watcher,
+    reading_key,
+    reading_name,
+)
 
 POLLER = "(watches)"  # whose turn a poll takes, in the module's line and its access log
 STUCK_CHECK = 1.0  # seconds between looks for watchers that stopped reading
@@ -107,6 +115,12 @@ class WatchHub:
             self._cancel(reading)
         if not len(self.board) and self._stuck.running:
             self._stuck.stop()
+
+    def published(self, module: str, name: str, value, when: float) -> None:
+        """A module published a value itself: to the watchers of that name, if any."""
+        reading = self.board.readings.get(reading_key(module, PUBLISHED + name, []))
+        if reading is not None:
+            reading.poll_finished(Sample(when, value))
 
     def stand(self, module: str, function: str, args, period: float) -> Reading:
         """Keep a reading polled without any watcher (the config's readings)."""

@@ -703,6 +703,39 @@ class Worker:
 
 _terminating = threading.Event()
 
+PUBLISH_MODULE = "modserver_worker"
+
+
+def _json_default(value):
+    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars, array.array
+    if tolist is not None and callable(tolist):
+        return tolist()
+    raise TypeError("values of type %r cannot be published as JSON" % type(value).__name__)
+
+
+def install_publish(chan: Channel) -> None:
+    """Make ``import modserver_worker; modserver_worker.publish(name, value)`` work.
+
+    A module calls it from any thread (a vendor SDK's callback, its own
+    reading loop); clients watching ``{"module": M, "published": name}``
+    get each value.  It raises TypeError for a value JSON cannot carry.
+    """
+    import types
+
+    module = types.ModuleType(PUBLISH_MODULE, "Publishing values from a modserver worker.")
+
+    def publish(name, value) -> None:
+        """Send ``value`` to every client watching this module's ``name``."""
+        if not isinstance(name, str) or not name:
+            raise TypeError("publish() needs a non-empty string name, not %r" % (name,))
+        payload = json.dumps(
+            {"name": name, "value": value, "time": time.time()}, default=_json_default
+        ).encode("utf-8")
+        chan.send(channel.PUBLISH, payload)
+
+    module.publish = publish
+    sys.modules[PUBLISH_MODULE] = module
+
 
 def _on_sigterm(signum, frame) -> None:
     """SIGTERM (our stop escalation, or a service manager): leave tidily.
@@ -756,6 +789,7 @@ def main() -> int:
     log_handler = _set_up_logging(chan, job)
     chan.watch()
     threading.Thread(target=_leave_if_orphaned, args=(chan,), daemon=True).start()
+    install_publish(chan)
     worker = Worker(chan, job)
     if not worker.load():
         return EXIT_LOAD_FAILED

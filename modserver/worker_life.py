@@ -202,6 +202,8 @@ class WorkerLife:
             self._worker_load_failed(info)
         elif kind == channel.LOG:
             self._module_log(info)
+        elif kind == channel.PUBLISH:
+            self.events.published(info)
 
     def worker_output(self, proc: WorkerProcess, line: bytes) -> None:
         self.output_tail.append(line[:OUTPUT_TAIL_LINE])

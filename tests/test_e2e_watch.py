@@ -160,3 +160,21 @@ def test_cli_watch_prints_timestamped_values_and_csv(srv):
     rows = csv.stdout.splitlines()
     assert rows[0] == "time,value,error"
     assert [row.split(",")[1:] for row in rows[1:]] == [["7", ""], ["7", ""]]
+
+
+# Values a module publishes itself ----------------------------------------------------
+
+
+def test_a_module_publishes_from_its_own_thread(tmp_path):
+    config = {"pub": {"module": "publisher", "entry": "Publisher"}}
+    with ServerProcess(tmp_path, config).start() as srv:
+        with start_watch(srv.port, {"module": "pub", "published": "count"}) as w:
+            got = [m["value"] for m in values(w, 5)]
+            assert got == sorted(got) and len(set(got)) == 5  # each one, in order
+            (reading,) = srv.module_status("pub")["readings"]
+            assert reading["reading"] == "pub.@count()" and reading["polls"] == 0
+        with start_watch(srv.port, {"module": "pub", "published": "note"}) as w:
+            wait_for(lambda: srv.module_status("pub")["readings"], what="the watch")
+            assert response(call(srv.port, "pub", "publish_now", "note", [1, 2])) is True
+            assert values(w, 1)[0]["value"] == [1, 2]
+        assert "cannot be published as JSON" in response(call(srv.port, "pub", "publish_bad"))
