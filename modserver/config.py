@@ -47,6 +47,7 @@ _OPTIONS = (
     "max_lease",
     "order",
     "min_period",
+    "readings",
 )
 
 # Options whose change applies at once; a change to any other restarts the worker.
@@ -58,6 +59,7 @@ LIVE_FIELDS = (
     "max_lease",
     "order",
     "min_period",
+    "readings",
 )
 
 # The shortest period at which the server polls a watched reading of a module.
@@ -70,6 +72,16 @@ class ConfigError(Exception):
 
 class _BadEntry(Exception):
     """One entry is malformed; its message says why."""
+
+
+@dataclass(frozen=True)
+class ReadingSpec:
+    """A reading the config names: the server watches it from start."""
+
+    name: str
+    function: str
+    args: str = "[]"  # JSON text (a spec is hashable and immutable)
+    every: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,7 @@ class ModuleSpec:
     max_lease: float | None = None  # the longest lease it grants (None: the server's --max-lease)
     order: str = TURNS  # "turns" across clients, or "arrival" order
     min_period: float = DEFAULT_MIN_PERIOD  # seconds between two polls of a watched reading
+    readings: tuple[ReadingSpec, ...] = ()  # watched by the server itself, for /metrics
 
     def needs_restart(self, other: ModuleSpec) -> bool:
         """True if ``other`` differs in more than the options that apply at once."""
@@ -222,6 +235,7 @@ def _object_entry(name, value, base_dir, python, which) -> ModuleSpec:
         max_lease=_max_lease(value.get("max_lease")),
         order=_order(value.get("order", TURNS)),
         min_period=_min_period(value.get("min_period", DEFAULT_MIN_PERIOD)),
+        readings=_readings(value.get("readings")),
     )
 
 
@@ -309,6 +323,33 @@ def _max_lease(value) -> float | None:
     if not positive_seconds(value):
         raise _BadEntry(f'"max_lease" must be a positive number of seconds or null, not {value!r}')
     return float(value)
+
+
+def _readings(value) -> tuple[ReadingSpec, ...]:
+    if value is None:
+        return ()
+    example = '{"wavelength": {"function": "get_wavelength", "args": [], "every": 1}}'
+    if not isinstance(value, Mapping):
+        raise _BadEntry(f'"readings" must be an object like {example}')
+    readings = []
+    for name, reading in value.items():
+        if not name or not isinstance(reading, Mapping) or "function" not in reading:
+            raise _BadEntry(f'"readings" must be an object like {example}')
+        function = _text(reading["function"], f'the function of reading "{name}"')
+        args = reading.get("args", [])
+        if not isinstance(args, list):
+            raise _BadEntry(f'the "args" of reading "{name}" must be a list')
+        every = reading.get("every", 1.0)
+        if not positive_seconds(every):
+            raise _BadEntry(
+                f'the "every" of reading "{name}" must be a positive number of seconds, '
+                f"not {every!r}"
+            )
+        unknown = sorted(set(reading) - {"function", "args", "every"})
+        if unknown:
+            raise _BadEntry(f'reading "{name}" has an unknown option "{unknown[0]}"')
+        readings.append(ReadingSpec(name, function, json.dumps(args), float(every)))
+    return tuple(readings)
 
 
 def _min_period(value) -> float:

@@ -39,6 +39,37 @@ class ServerCollector(Collector):
         status = self.server.status(None, self.who)
         yield from self._server_families(status["server"])
         yield from self._module_families(status["modules"])
+        yield from self._reading_families(status["modules"])
+
+    def _reading_families(self, modules: dict):
+        """The config's readings: numeric values, and when each was last read well."""
+        value = GaugeMetricFamily(
+            "modserver_reading",
+            "The last good value of a reading named in the config (numeric readings only).",
+            labels=["module", "reading"],
+        )
+        when = GaugeMetricFamily(
+            "modserver_reading_last_good_time_seconds",
+            "When the reading was last read without an error, in seconds since the Unix epoch.",
+            labels=["module", "reading"],
+        )
+        errors = CounterMetricFamily(
+            "modserver_reading_errors",
+            "Polls of the reading that ended in an error.",
+            labels=["module", "reading"],
+        )
+        for module, facts in modules.items():
+            for reading in facts.get("readings", []):
+                name = reading.get("name")
+                if name is None:
+                    continue  # watched by clients only: not a dashboard's reading
+                errors.add_metric([module, name], reading["errors"])
+                if reading["time"] is not None:
+                    when.add_metric([module, name], reading["time"])
+                number = reading["value"]
+                if isinstance(number, int | float) and not isinstance(number, bool):
+                    value.add_metric([module, name], float(number))
+        yield from (value, when, errors)
 
     def _server_families(self, facts: dict):
         info = InfoMetricFamily("modserver", "This server's name and modserver's version.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from modserver.protocol import ClientFactory
 from modserver.refusals import RefusalTally
 from modserver.supervisor import ModuleSupervisor, WorkerSettings
 from modserver.watcher import FileWatch
-from modserver.watches import WatchBoard
+from modserver.watches import WatchBoard, reading_key
 from modserver.watching import WatchHub
 from modserver.web import StatusPage, StatusSite
 
@@ -463,10 +464,20 @@ class ModServer(service.MultiService):
                 supervisor.spec = spec
             new[spec.name] = supervisor
         self.supervisors = new
+        self._stand_readings(config)
         for name, supervisor in old.items():
             if name not in new:
                 logs.for_module(name).info("removed from the config; stopping", module=name)
                 self._retire(supervisor)
+
+    def _stand_readings(self, config: Config) -> None:
+        """Watch the readings the config names (and no others) from now on."""
+        wanted = {}
+        for spec in config.modules:
+            for reading in spec.readings:
+                key = reading_key(spec.name, reading.function, json.loads(reading.args))
+                wanted[key] = (reading.name, reading.every)
+        self.watches.stand_only(wanted)
 
     def _start_after_retired(self, supervisor: ModuleSupervisor) -> None:
         retiring = self._retiring.get(supervisor.name)

@@ -169,6 +169,7 @@ class Reading:
     min_period: float
     watchers: list[Watcher] = field(default_factory=list)
     standing: float | None = None  # a period the server keeps it at (config readings)
+    label: str | None = None  # the config's name for it (a /metrics reading)
     latest: Sample | None = None
     last_good: Sample | None = None
     polling: bool = False
@@ -263,6 +264,8 @@ class Reading:
         good = self.last_good
         return {
             "reading": reading_name(self.key),
+            "name": self.label,
+            "time": good.time if good is not None else None,
             "period": self.period,
             "watchers": len(self.watchers),
             "polls": self.polls,

@@ -122,14 +122,28 @@ class WatchHub:
         if reading is not None:
             reading.poll_finished(Sample(when, value))
 
-    def stand(self, module: str, function: str, args, period: float) -> Reading:
+    def stand(
+        self, module: str, function: str, args, period: float, label: str | None = None
+    ) -> Reading:
         """Keep a reading polled without any watcher (the config's readings)."""
         supervisor = self.supervisor_of(module)
         min_period = supervisor.spec.min_period if supervisor is not None else 0.1
         reading = self.board.reading(module, function, args, min_period)
         reading.standing = period
+        reading.label = label
         self._schedule(reading)
         return reading
+
+    def stand_only(self, wanted: dict) -> None:
+        """The config's readings are now ``{(module, function, args JSON): (label, every)}``."""
+        for key, reading in list(self.board.readings.items()):
+            if reading.standing is not None and key not in wanted:
+                reading.standing, reading.label = None, None
+                if not reading.wanted:
+                    self.board.end(reading)
+                    self._cancel(reading)
+        for (module, function, args), (label, every) in wanted.items():
+            self.stand(module, function, json.loads(args), every, label)
 
     def snapshot(self, module: str) -> list[dict]:
         """The readings of ``module`` being watched, for ``_status`` and the status page."""

@@ -273,6 +273,38 @@ HEADING_TITLES = {
 }
 
 
+def render_readings(status: dict) -> str:
+    """The watched readings: the config's and clients', with their last value and its age."""
+    rows = []
+    for module, facts in status["modules"].items():
+        for reading in facts.get("readings", []):
+            error = reading.get("last_error") or ""
+            value = json.dumps(reading["value"]) if reading["time"] is not None else ""
+            rows.append(
+                f'<tr data-reading="{html.escape(reading["reading"])}">'
+                f'<td class="name">{html.escape(module)}</td>'
+                f'<td>{html.escape(reading.get("name") or reading["reading"])}</td>'
+                f'<td class="num value">{html.escape(value[:80])}</td>'
+                f'<td class="num age">{_duration(reading["age"])}</td>'
+                f'<td class="num">{reading["period"]:g} s</td>'
+                f'<td class="num">{reading["watchers"]}</td>'
+                f'<td class="error">{html.escape(error)}</td></tr>'
+            )
+    if not rows:
+        return ""
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("module", "reading", "value", "age", "every", "watchers", "last error")
+    )
+    return (
+        '<h2>Readings</h2><table class="readings"><thead><tr>'
+        + head
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
 def render_live(status: dict, admin: bool = False) -> str:
     """What the page refreshes: the server's facts and the modules' table."""
     server = status["server"]
@@ -305,6 +337,7 @@ def render_live(status: dict, admin: bool = False) -> str:
         + (f'<ul class="problems">{problems}</ul>' if problems else "")
         + f"<table><thead><tr>{head}</tr></thead>"
         + f"<tbody>{render_rows(status, admin)}</tbody></table>"
+        + render_readings(status)
         + render_lab(status.get("lab"))
     )
 

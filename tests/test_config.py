@@ -173,3 +173,28 @@ def test_min_period_defaults_and_is_checked():
     assert config.get("b").min_period == 0.5
     assert config.get("c") is None
     assert any('"min_period" must be a positive number' in p for p in config.problems)
+
+
+def test_readings_are_read_and_checked():
+    good = {
+        "module": "m",
+        "entry": "E",
+        "readings": {"wl": {"function": "get", "args": [1], "every": 0.5}, "p": {"function": "p"}},
+    }
+    spec = parse({"a": good}).get("a")
+    assert [(r.name, r.function, r.args, r.every) for r in spec.readings] == [
+        ("wl", "get", "[1]", 0.5),
+        ("p", "p", "[]", 1.0),
+    ]
+    for bad, why in [
+        ({"wl": {"function": "get", "every": 0}}, '"every" of reading "wl"'),
+        ({"wl": {"every": 1}}, '"readings" must be an object'),
+        ({"wl": {"function": "get", "args": 5}}, 'the "args" of reading "wl"'),
+        ({"wl": {"function": "get", "period": 1}}, 'unknown option "period"'),
+        ([1], '"readings" must be an object'),
+    ]:
+        config = parse({"a": dict(good, readings=bad)})
+        assert config.get("a") is None
+        assert any(why in p for p in config.problems), (why, config.problems)
+    spec_b = parse({"a": dict(good, readings={})}).get("a")
+    assert not spec.needs_restart(spec_b)  # readings change without a restart

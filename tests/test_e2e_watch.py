@@ -6,8 +6,11 @@ import os
 import re
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from modserver.client import Client, ServerError
 
@@ -178,3 +181,63 @@ def test_a_module_publishes_from_its_own_thread(tmp_path):
             assert response(call(srv.port, "pub", "publish_now", "note", [1, 2])) is True
             assert values(w, 1)[0]["value"] == [1, 2]
         assert "cannot be published as JSON" in response(call(srv.port, "pub", "publish_bad"))
+
+
+# Readings named in the config: /metrics and the status page ---------------------------
+
+
+def test_config_readings_are_watched_from_start_and_exported(tmp_path):
+    config = {
+        "counting": {
+            **COUNTING,
+            "readings": {
+                "marks": {"function": "mark", "every": 0.1},
+                "power": {"function": "echo", "args": [2.5], "every": 0.2},
+                "label": {"function": "echo", "args": ["text"], "every": 0.2},
+            },
+        }
+    }
+    args = ("--http", "tcp:0:interface=127.0.0.1")
+    with ServerProcess(tmp_path, config, args).start() as srv:
+        port = int(
+            wait_for(
+                lambda: re.search(r"status page on http://127\.0\.0\.1:(\d+)/", srv.log()),
+                what="the status page",
+            ).group(1)
+        )
+
+        def get(path):
+            url = f"http://127.0.0.1:{port}{path}"
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                return reply.read().decode()
+
+        def samples():
+            families = text_string_to_metric_families(get("/metrics"))
+            return {
+                (s.name, s.labels.get("reading")): s.value
+                for family in families
+                for s in family.samples
+                if s.name.startswith("modserver_reading")
+            }
+
+        found = wait_for(
+            lambda: (lambda s: s if s.get(("modserver_reading", "marks"), 0) >= 3 else None)(
+                samples()
+            ),
+            what="the marks reading to be exported",
+        )
+        assert found[("modserver_reading", "power")] == 2.5
+        assert ("modserver_reading", "label") not in found  # not a number
+        now = time.time()
+        for name in ("marks", "power", "label"):
+            assert now - 30 < found[("modserver_reading_last_good_time_seconds", name)] <= now
+        page = get("/")
+        assert "<h2>Readings</h2>" in page and ">power</td>" in page
+        (marks,) = [r for r in srv.module_status("counting")["readings"] if r["name"] == "marks"]
+        assert marks["watchers"] == 0 and marks["age"] < 30
+        # A client's _latest reads the server's own reading, without a call.
+        with Connection(srv.port) as conn:
+            conn.send({"name": "_latest"}, plain=True)
+            conn.read_line()
+            conn.send({"function": "counting.echo", "args": [2.5]}, plain=True)
+            assert decode(conn.read_line(), True)["response"]["value"] == 2.5
