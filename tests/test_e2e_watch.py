@@ -21,7 +21,8 @@ COUNTING = {"module": "counting", "entry": "Counting", "min_period": 0.05}
 
 @pytest.fixture
 def srv(tmp_path):
-    with ServerProcess(tmp_path, {"counting": COUNTING}).start() as server:
+    private = {**COUNTING, "allow": ["192.0.2.1"]}  # nobody here
+    with ServerProcess(tmp_path, {"counting": COUNTING, "private": private}).start() as server:
         yield server
 
 
@@ -72,6 +73,7 @@ def test_a_value_line_is_time_and_value(srv):
         ({"module": "counting", "function": "mark"}, 'BadRequest: "every" must be a number'),
         ({"module": "nosuch", "function": "mark", "every": 1}, "BadRequest: nosuch does not"),
         ({"module": "counting", "function": "nope", "every": 1}, 'BadRequest: counting has no function'),
+        ({"module": "private", "function": "mark", "every": 1}, "Forbidden: 127.0.0.1 may not"),
     ],
 )
 def test_bad_input_gets_one_clear_error(srv, request_, reason):

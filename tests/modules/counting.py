@@ -21,3 +21,13 @@ class Counting:
 
     def echo(self, value):
         return value
+
+    def stamp(self):
+        """Count one call; return the time it returns (for latency from the module's return)."""
+        self.marks += 1
+        return time.time()
+
+    def stamp_blob(self, size):
+        """A reading of ``size`` bytes, counted (a large value for slow-watcher tests)."""
+        self.marks += 1
+        return "x" * size
