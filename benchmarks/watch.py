@@ -191,8 +191,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="each of phases 1 and 2")
     parser.add_argument("--stall", type=float, default=60.0, help="phase 3's seconds")
     options = parser.parse_args()
-    entry = {"module": "counting", "entry": "Counting", "min_period": 0.1, "queue_limit": 1000,
-             "queue_share": 1000}
+    entry = {
+        "module": "counting",
+        "entry": "Counting",
+        "min_period": 0.1,
+        "queue_limit": 1000,
+        "queue_share": 1000,
+    }
     with tempfile.TemporaryDirectory() as where:
         args = ("--no-access-log", "--max-connections-per-address", "1000")
         srv = ServerProcess(Path(where), {"bench": entry}, args).start()

@@ -358,8 +358,9 @@ class AsyncWatch:
         if self.closed:
             proto.transport.loseConnection()
             return
-        await client._ask(proto, {"name": "_watch"}, "waiting for the watch service",
-                          client.timeout)
+        await client._ask(
+            proto, {"name": "_watch"}, "waiting for the watch service", client.timeout
+        )
         proto.on_line = self._line
         proto.on_lost = self._lost
         proto.send(request)

@@ -502,8 +502,9 @@ class Client:
         """An object whose methods call ``module``'s, one connection per call."""
         return ModuleProxy(self, module)
 
-    def watch(self, module: str, function: str, *args, every: float = 1.0,
-              timeout: float = None) -> Watch:
+    def watch(
+        self, module: str, function: str, *args, every: float = 1.0, timeout: float = None
+    ) -> Watch:
         """Values of ``module.function(*args)`` as the server reads them, every ``every`` s.
 
         ``for t, value in client.watch("wavemeter", "get_wavelength", every=0.1): ...``
@@ -1036,8 +1037,9 @@ def _watch(lab: Client, options) -> None:
                 cells = ["%.6f" % t, "" if error else json.dumps(value), error]
                 out.write(",".join(_csv_cell(c) for c in cells) + "\n")
             else:
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + (
-                    "%.3f" % (t % 1))[1:]
+                when = (
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + ("%.3f" % (t % 1))[1:]
+                )
                 out.write("%s %s\n" % (when, error or json.dumps(value)))
             out.flush()
             shown += 1

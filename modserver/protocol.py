@@ -459,7 +459,12 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._watch_plain = plain
         try:
             self._watcher = self.server.watches.watch(
-                self.identity.owner, module, function, args, every, self._send_sample,
+                self.identity.owner,
+                module,
+                function,
+                args,
+                every,
+                self._send_sample,
                 self._watch_ended,
             )
         except ReplyError as err:

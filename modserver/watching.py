@@ -94,9 +94,7 @@ class WatchHub:
         """
         supervisor = self.supervisor_of(module)
         min_period = supervisor.spec.min_period if supervisor is not None else 0.1
-        watcher, reading = self.board.add(
-            who, module, function, args, period, min_period, deliver
-        )
+        watcher, reading = self.board.add(who, module, function, args, period, min_period, deliver)
         self._ends[watcher] = end
         if reading.latest is not None and reading.latest.kind is None:
             watcher.offer(reading.latest)  # the latest value at once, then each new one
@@ -195,7 +193,9 @@ class WatchHub:
             return
         request = json.dumps({"function": reading.function, "args": reading.args}).encode()
         call = Call(
-            sink=PollSink(lambda error, data, complete: self._answered(reading, error, data, complete)),
+            sink=PollSink(
+                lambda error, data, complete: self._answered(reading, error, data, complete)
+            ),
             request=request,
             function=reading.function,
             plain=True,
@@ -211,7 +211,8 @@ class WatchHub:
         sample = sample_of(self.reactor.seconds(), error, data, complete)
         if reading.poll_finished(sample):
             self.log.info(
-                "watches of {reading} end: {error}", reading=reading_name(reading.key),
+                "watches of {reading} end: {error}",
+                reading=reading_name(reading.key),
                 error=sample.error,
             )
             self.board.end(reading)

@@ -283,7 +283,7 @@ def render_readings(status: dict) -> str:
             rows.append(
                 f'<tr data-reading="{html.escape(reading["reading"])}">'
                 f'<td class="name">{html.escape(module)}</td>'
-                f'<td>{html.escape(reading.get("name") or reading["reading"])}</td>'
+                f"<td>{html.escape(reading.get('name') or reading['reading'])}</td>"
                 f'<td class="num value">{html.escape(value[:80])}</td>'
                 f'<td class="num age">{_duration(reading["age"])}</td>'
                 f'<td class="num">{reading["period"]:g} s</td>'

@@ -5,6 +5,7 @@ import threading
 try:
     from modserver_worker import publish
 except ImportError:  # imported outside a modserver worker
+
     def publish(name, value):
         pass
 
