@@ -111,6 +111,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._watcher = None  # the watch this connection streams (watches.Watcher)
         self._watch_plain = True
         self._latest_only = False  # the hello was _latest: one answer, no watch
+        self._watch_producer = None  # pauses the watch while the client does not read
 
     # Connection ---------------------------------------------------------
 
@@ -471,8 +472,8 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             self._fail(err, plain)
             return
         self._busy()  # no idle deadline while watching
-        self.transport.registerProducer(WatchProducer(self), True)
-        self._producer = None  # (not a worker channel: never resumed as one)
+        self._watch_producer = WatchProducer(self)
+        self.transport.registerProducer(self._watch_producer, True)
 
     def _answer_latest(self, module: str, function: str, args, plain: bool) -> None:
         """``_latest``: the last value of a watched reading and its age, no poll."""
@@ -518,11 +519,14 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             self.server.reactor.callLater(DISCARD_WAIT, abort)
 
     def _end_watch(self) -> None:
+        """Stop the watch and its flow control (a paused producer would keep the
+        connection from closing once its last bytes are sent)."""
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             self.server.watches.unwatch(watcher)
-            if self.transport.producer is not None:
-                self.transport.unregisterProducer()
+        producer, self._watch_producer = self._watch_producer, None
+        if producer is not None and self.transport.producer is producer:
+            self.transport.unregisterProducer()
 
     # Step 2: requests -------------------------------------------------------
 
@@ -699,6 +703,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._waiting = False
         if not self._closing:
             self._closing = True
+            self._end_watch()
             self.transport.loseConnection()
             if self._supervisor is not None:
                 self._supervisor.release(self)

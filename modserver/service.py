@@ -24,7 +24,13 @@ from modserver.protocol import ClientFactory
 from modserver.refusals import RefusalTally
 from modserver.supervisor import ModuleSupervisor, WorkerSettings
 from modserver.watcher import FileWatch
-from modserver.watches import WatchBoard, reading_key
+from modserver.watches import (
+    DEFAULT_MAX_PER_IDENTITY,
+    DEFAULT_MAX_WATCHES,
+    DEFAULT_STUCK_LIMIT,
+    WatchBoard,
+    reading_key,
+)
 from modserver.watching import WatchHub
 from modserver.web import StatusPage, StatusSite
 
@@ -81,6 +87,9 @@ class ServerSettings:
     max_held_requests: int | None = None
     max_connections: int | None = None  # None: from the file limit and the modules
     max_connections_per_address: int = 100
+    max_watches: int = DEFAULT_MAX_WATCHES  # watches the server holds at once
+    max_watches_per_client: int = DEFAULT_MAX_PER_IDENTITY
+    watch_stuck_limit: float = DEFAULT_STUCK_LIMIT  # seconds a watcher may read nothing
     fd_limit: int | None = None  # the open-file limit (None: none, as on Windows)
     reload_on_sighup: bool = False  # SIGHUP re-reads the config and reopens the logs
     workers: WorkerSettings = field(default_factory=WorkerSettings)
@@ -114,7 +123,10 @@ class ModServer(service.MultiService):
         self.request_bytes = ByteBudget(
             settings.max_held_requests or max(128 * 1024 * 1024, 2 * settings.max_request)
         )
-        self.watches = WatchHub(WatchBoard(), self.module, reactor)
+        board = WatchBoard(
+            settings.max_watches_per_client, settings.max_watches, settings.watch_stuck_limit
+        )
+        self.watches = WatchHub(board, self.module, reactor)
         self.connections = ConnectionLimits(
             self._connection_limit(len(config.modules)), settings.max_connections_per_address
         )

@@ -20,6 +20,7 @@ from modserver.leases import DEFAULT_MAX_LEASE
 from modserver.lifecycle import RestartPolicy
 from modserver.service import ModServer, ServerSettings
 from modserver.supervisor import WorkerSettings
+from modserver.watches import DEFAULT_MAX_PER_IDENTITY, DEFAULT_MAX_WATCHES, DEFAULT_STUCK_LIMIT
 
 DEFAULT_PORT = 36577
 DEFAULT_INTERFACE = "127.0.0.1"
@@ -223,6 +224,27 @@ class Options(usage.Options):
             seconds,
         ],
         [
+            "max-watches",
+            None,
+            DEFAULT_MAX_WATCHES,
+            "Watches the server holds at once; more get Busy.",
+            positive_int,
+        ],
+        [
+            "max-watches-per-client",
+            None,
+            DEFAULT_MAX_PER_IDENTITY,
+            "Watches one client (address, or certificate CN) holds at once; more get Busy.",
+            positive_int,
+        ],
+        [
+            "watch-stuck-limit",
+            None,
+            DEFAULT_STUCK_LIMIT,
+            "Seconds a watcher may read nothing before it is disconnected.",
+            seconds,
+        ],
+        [
             "max-lease",
             None,
             DEFAULT_MAX_LEASE,
@@ -407,6 +429,9 @@ def makeService(options: Options, reactor=None) -> ModServer:
         max_held_requests=options["max-held-requests"],
         max_connections=options["max-connections"],
         max_connections_per_address=options["max-connections-per-address"],
+        max_watches=options["max-watches"],
+        max_watches_per_client=options["max-watches-per-client"],
+        watch_stuck_limit=options["watch-stuck-limit"],
         fd_limit=fd_limit,
         reload_on_sighup=True,
         access=access.AccessPolicy(

@@ -14,8 +14,8 @@ import json
 from collections.abc import Callable
 
 from twisted.internet import task
-from twisted.logger import Logger
 
+from modserver import logs
 from modserver.calls import Call, CallSink
 from modserver.errors import ReplyError
 from modserver.watches import (
@@ -66,7 +66,7 @@ def sample_of(now: float, error: bool, data: bytes, complete: bool) -> Sample:
 class WatchHub:
     """Runs the polls of every watched reading of one server."""
 
-    log = Logger()
+    log = logs.server_log
 
     def __init__(self, board: WatchBoard, supervisor_of, reactor) -> None:
         self.board = board
@@ -233,6 +233,12 @@ class WatchHub:
                 "Busy",
                 f"this watcher read nothing for {self.board.stuck_limit:g} s "
                 f"({watcher.dropped} values dropped); the server ends it",
+            )
+            self.log.warn(
+                "{who}'s watch of {reading} {reason}; disconnecting",
+                who=watcher.who,
+                reading=reading_name(watcher.key),
+                reason=err.message.replace("this watcher ", "").replace("; the server ends it", ""),
             )
             if end is not None:
                 end(err, True)

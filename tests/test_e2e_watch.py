@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -248,3 +250,49 @@ def test_config_readings_are_watched_from_start_and_exported(tmp_path):
             conn.read_line()
             conn.send({"function": "counting.echo", "args": [2.5]}, plain=True)
             assert decode(conn.read_line(), True)["response"]["value"] == 2.5
+
+
+# Limits, against a real server --------------------------------------------------------
+
+
+def test_a_stuck_watcher_is_disconnected_with_a_reason_and_others_go_on(tmp_path):
+    args = ("--watch-stuck-limit", "2", "--max-watches-per-client", "3")
+    with ServerProcess(tmp_path, {"counting": COUNTING}, args).start() as srv:
+        big = {"module": "counting", "function": "stamp_blob", "args": [65536], "every": 0.05}
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.settimeout(30)
+        stuck.connect(("127.0.0.1", srv.port))
+        stuck.sendall(b'{"name": "_watch"}\n' + json.dumps(big).encode() + b"\n")
+        with start_watch(srv.port, {"module": "counting", "function": "mark", "every": 0.1}) as ok:
+            # The stuck one is ended within a few seconds; the other watcher goes on.
+            wait_for(
+                lambda: "read nothing for 2 s" in srv.log(),
+                timeout=30,
+                what="the stuck watcher to be ended",
+            )
+            values(ok, 3)
+            assert len(srv.module_status("counting")["readings"]) == 1
+        # What the stuck client finds when it reads at last: values, then the reason, then EOF.
+        data = b""
+        while True:
+            chunk = stuck.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+        stuck.close()
+        last = json.loads(data.rstrip(b"\n").rsplit(b"\n", 1)[-1])
+        assert last["error"] is True
+        assert last["response"].startswith("Busy: this watcher read nothing for 2 s")
+
+
+def test_watches_per_client_are_limited(tmp_path):
+    args = ("--max-watches-per-client", "2")
+    with ServerProcess(tmp_path, {"counting": COUNTING}, args).start() as srv:
+        request = {"module": "counting", "function": "echo", "args": [1], "every": 1}
+        with start_watch(srv.port, request) as a, start_watch(srv.port, request) as b:
+            values(a, 1), values(b, 1)
+            with start_watch(srv.port, request) as c:
+                reply = decode(c.read_line(), True)
+                assert reply["error"] is True
+                assert reply["response"].startswith("Busy: 127.0.0.1 holds its limit of 2")
