@@ -472,6 +472,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             self._fail(err, plain)
             return
         self._busy()  # no idle deadline while watching
+        self._waiting = True  # a plain client that closed its sending side still watches
         self._watch_producer = WatchProducer(self)
         self.transport.registerProducer(self._watch_producer, True)
 

@@ -296,3 +296,12 @@ def test_watches_per_client_are_limited(tmp_path):
                 reply = decode(c.read_line(), True)
                 assert reply["error"] is True
                 assert reply["response"].startswith("Busy: 127.0.0.1 holds its limit of 2")
+
+
+def test_a_plain_client_that_half_closes_keeps_watching(srv):
+    with Connection(srv.port) as conn:
+        request = {"module": "counting", "function": "echo", "args": [3], "every": 0.1}
+        conn.send_raw(b'{"name": "_watch"}\n' + json.dumps(request).encode() + b"\n")
+        conn.sock.shutdown(socket.SHUT_WR)  # as nc -N does
+        assert decode(conn.read_line(), True)["response"] == "ack"
+        assert [m["value"] for m in values(conn, 3)] == [3, 3, 3]
