@@ -30,6 +30,10 @@ from tests.helpers import (
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -94,42 +98,87 @@ def browser(tmp_path_factory):
     driver.quit()
 
 
-def rows(browser) -> dict:
-    return {
-        r.get_attribute("data-module"): r
-        for r in browser.find_elements(By.CSS_SELECTOR, "tr[data-module]")
-    }
+# Reads every row's cells in one script run: the page's refresh replaces the
+# rows between two steps of Selenium, never in the middle of a script.
+_READ_TABLE = """
+const names = arguments[0];
+return [...document.querySelectorAll('tr[data-module]')].map(row => {
+  const cells = {};
+  for (const name of names) {
+    const cell = row.querySelector('.' + name);
+    cells[name] = cell ? cell.innerText.trim() : null;
+  }
+  return [row.dataset.module, cells];
+});
+"""
+CELLS = ("state", "pid", "restarts", "exit", "calls", "errors", "timeouts", "p50", "p99",
+         "queue", "timeout", "countdown")
+
+
+def table(browser) -> dict:
+    """The modules' table as the page shows it now: {module: {cell: text}}, in page order."""
+    return dict(browser.execute_script(_READ_TABLE, CELLS))
+
+
+def waiting(browser, timeout: float = 20) -> WebDriverWait:
+    """A bounded wait that looks again when a refresh has just replaced the
+    elements a condition was looking at."""
+    return WebDriverWait(
+        browser,
+        timeout,
+        poll_frequency=0.05,
+        ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
+    )
+
+
+def steady(browser, read):
+    """``read(browser)``, read again if a refresh replaced its elements meanwhile."""
+    return waiting(browser).until(lambda b: (read(b),))[0]
 
 
 def cell(browser, module: str, name: str) -> str:
-    try:
-        return rows(browser)[module].find_element(By.CSS_SELECTOR, f".{name}").text
-    except Exception:  # the rows are being replaced by a refresh
-        return ""
+    """One cell's text; "" while the module has no row."""
+    return (table(browser).get(module) or {}).get(name) or ""
+
+
+def click(browser, selector: str) -> None:
+    """Click an element of the live part, in one step (a refresh may replace it any time)."""
+    browser.execute_script("document.querySelector(arguments[0]).click()", selector)
 
 
 def test_the_page_lists_every_module_as_the_server_sees_it(server, browser):
     server.wait_state("stage", "ready")
     browser.get(server.url)
-    status = server.status()
-    assert list(rows(browser)) == list(status["modules"])
-    for name in STEADY:  # (the shutter may have died again meanwhile)
-        module = status["modules"][name]
-        assert cell(browser, name, "state") == module["state"]
-        assert cell(browser, name, "pid") == str(module["pid"] or "")
-        assert cell(browser, name, "restarts") == str(module["restarts"])
+
+    def agree():
+        # The page shows what the server said at its last refresh (every
+        # 2 s): wait, with a bound, until a refresh and the server agree.
+        status = server.status()
+        page = table(browser)
+        if list(page) != list(status["modules"]):
+            return False
+        return all(
+            page[name]["state"] == module["state"]
+            and page[name]["pid"] == str(module["pid"] or "")
+            and page[name]["restarts"] == str(module["restarts"])
+            for name, module in status["modules"].items()
+            if name in STEADY  # (the shutter may die again at any time)
+        )
+
+    wait_for(agree, timeout=30, interval=0.2, what="the page to show the server's status")
     assert server.status()["server"]["name"] in browser.find_element(By.TAG_NAME, "h1").text
 
 
 def test_a_failed_modules_traceback_expands(server, browser):
     browser.get(server.url)
-    row = rows(browser)["camera"]
     assert cell(browser, "camera", "state") == "failed"
-    trace = row.find_element(By.CSS_SELECTOR, ".error pre")
-    assert not trace.is_displayed()
-    row.find_element(By.CSS_SELECTOR, ".error summary").click()
-    assert trace.is_displayed()
-    assert "this_package_does_not_exist" in trace.text
+    trace = 'tr[data-module="camera"] .error pre'
+    assert not steady(browser, lambda b: b.find_element(By.CSS_SELECTOR, trace).is_displayed())
+    click(browser, 'tr[data-module="camera"] .error summary')
+    waiting(browser).until(lambda b: b.find_element(By.CSS_SELECTOR, trace).is_displayed())
+    assert "this_package_does_not_exist" in steady(
+        browser, lambda b: b.find_element(By.CSS_SELECTOR, trace).text
+    )
 
 
 def test_the_page_follows_a_killed_module_by_itself(server, browser):
@@ -185,11 +234,13 @@ def test_the_restart_history_expands_with_times_and_causes(server, browser):
     kill_hard(pid)
     wait_for(lambda: server.module_status("stage")["restarts"] >= 1, what="the restart")
     browser.get(server.url)
-    row = rows(browser)["stage"]
-    history = row.find_element(By.CSS_SELECTOR, ".restarts pre")
-    assert not history.is_displayed()
-    row.find_element(By.CSS_SELECTOR, ".restarts summary").click()
-    assert re.search(r"\d\d:\d\d:\d\d died: " + re.escape(HARD_KILL_EXIT), history.text)
+    history = 'tr[data-module="stage"] .restarts pre'
+    assert not steady(browser, lambda b: b.find_element(By.CSS_SELECTOR, history).is_displayed())
+    click(browser, 'tr[data-module="stage"] .restarts summary')
+    text = waiting(browser).until(
+        lambda b: (e := b.find_element(By.CSS_SELECTOR, history)).is_displayed() and e.text
+    )
+    assert re.search(r"\d\d:\d\d:\d\d died: " + re.escape(HARD_KILL_EXIT), text)
 
 
 def test_a_module_in_backoff_counts_down_while_the_page_stays_open(server, browser):
@@ -224,16 +275,15 @@ def test_the_config_file_going_bad_shows_a_warning_until_it_is_fixed(server, bro
     wait = WebDriverWait(browser, 20, poll_frequency=0.1)
     try:
         server.config_path.write_text(good[:-3])  # a save cut short
-        warning = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".config-error"))
-        assert "not valid JSON" in warning[0].text
+        warning = wait.until(
+            lambda b: b.execute_script(
+                "const w = document.querySelector('.config-error'); return w && w.innerText"
+            )
+        )
+        assert "not valid JSON" in warning
     finally:
         server.config_path.write_text(good)
     wait.until(lambda b: not b.find_elements(By.CSS_SELECTOR, ".config-error"))
-
-
-def click(browser, selector: str) -> None:
-    """Click a button of the live part, in one step (a refresh may replace it any time)."""
-    browser.execute_script("document.querySelector(arguments[0]).click()", selector)
 
 
 def test_an_administrator_restarts_a_module_from_the_page(server, browser):
@@ -284,7 +334,7 @@ def test_readme_screenshot(browser):
         wait_for(lambda: srv.status()["server"]["uptime"] >= 4, what="a few seconds of uptime")
         browser.set_window_size(1800, 660)
         browser.get(srv.url)
-        rows(browser)["echo"].find_element(By.CSS_SELECTOR, ".restarts summary").click()
+        click(browser, 'tr[data-module="echo"] .restarts summary')
         browser.save_screenshot(SHOT)
 
 
