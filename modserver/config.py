@@ -123,6 +123,7 @@ class Config:
     path: str | None = None
     base_dir: str = field(default_factory=os.getcwd)
     digest: bytes | None = None  # of the file's bytes, to watch it from what was read
+    skipped: tuple[tuple[str, str], ...] = ()  # (name, why) of each entry skipped
 
     @property
     def names(self) -> list[str]:
@@ -133,6 +134,10 @@ class Config:
             if spec.name == name:
                 return spec
         return None
+
+    def why_skipped(self, name: str) -> str | None:
+        """Why entry ``name`` was skipped, or None if it was not."""
+        return dict(self.skipped).get(name)
 
 
 def read_config(path: str, python: str = sys.executable, which=shutil.which) -> Config:
@@ -170,15 +175,16 @@ def parse_config(
         raise ConfigError(f"{where} is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must hold a JSON object of modules")
-    modules, problems = [], []
+    modules, skipped = [], []
     for name, value in raw.items():
         if name.startswith("_"):
             continue
         try:
             modules.append(_entry(name, value, base_dir, python, which))
         except _BadEntry as exc:
-            problems.append(f'config entry "{name}" skipped: {exc}')
-    return Config(tuple(modules), tuple(problems), path, base_dir)
+            skipped.append((name, str(exc)))
+    problems = tuple(f'config entry "{name}" skipped: {why}' for name, why in skipped)
+    return Config(tuple(modules), problems, path, base_dir, skipped=tuple(skipped))
 
 
 def _entry(name, value, base_dir, python, which) -> ModuleSpec:

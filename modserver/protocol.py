@@ -328,11 +328,20 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
 
     def _status(self, module: str, plain: bool) -> None:
         if module and self.server.module(module) is None:
-            self._fail(bad_request(f"{module} does not exist (case matters)"), plain)
+            self._fail(self._no_such_module(module), plain)
         elif module and not self.server.may_open(self.identity, module):
             self._refuse(self._module_refusal(module), module, plain)
         else:
             self._answer(self.server.status(module or None, self.identity), plain)
+
+    def _no_such_module(self, name: str) -> ReplyError:
+        why = self.server.why_skipped(name)
+        if why is not None:
+            return bad_request(
+                f"{name} is in the server's config but was skipped: {why}; "
+                "the operator can fix its entry"
+            )
+        return bad_request(f"{name} does not exist (case matters)")
 
     def _module_refusal(self, module: str) -> ReplyError:
         return ReplyError(
@@ -386,7 +395,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
     def _open_module(self, name: str, plain: bool) -> None:
         supervisor = self.server.module(name)
         if supervisor is None:
-            self._fail(bad_request(f"{name} does not exist (case matters)"), plain)
+            self._fail(self._no_such_module(name), plain)
             return
         if not self.server.may_open(self.identity, name):
             self._refuse(self._module_refusal(name), name, plain)

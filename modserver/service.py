@@ -267,6 +267,10 @@ class ModServer(service.MultiService):
     def module(self, name: str) -> ModuleSupervisor | None:
         return self.supervisors.get(name)
 
+    def why_skipped(self, name: str) -> str | None:
+        """Why the config's entry ``name`` is not served, or None if there is no such entry."""
+        return self.config.why_skipped(name)
+
     def may_open(self, who: Identity | None, name: str) -> bool:
         """May ``who`` (None: the server itself) use module ``name``?"""
         supervisor = self.supervisors.get(name)

@@ -42,6 +42,7 @@ CONFIG = {
     "small queue": {"module": "basic", "entry": "Basic", "queue_limit": 1},
     "crasher": ["dies_loading", "Never", None],
     "bad_entry": ["only", "two"],
+    "pm2": {"module": "basic", "entry": "Basic", "colour": "red"},
     "_disabled": ["basic", "Basic", None],
 }
 NAMES = [
@@ -233,11 +234,27 @@ def test_status_of_unknown_module_is_an_error(port):
 
 @encodings
 def test_unknown_module_is_a_bad_request_and_closes(port, plain):
-    for name in ("nope", "Basic", "_disabled", "bad_entry"):
+    for name in ("nope", "Basic", "_disabled"):
         reply = hello(port, name, plain)
         assert reply["error"] is True
         assert reply["response"] == f"BadRequest: {name} does not exist (case matters)"
         assert reply["traceback"]
+
+
+@encodings
+@pytest.mark.parametrize("hello_name", ["pm2", "_status.pm2"])
+def test_a_skipped_config_entry_says_it_was_skipped_and_why(port, plain, hello_name):
+    reply = hello(port, hello_name, plain)
+    assert reply["error"] is True
+    assert reply["response"].startswith(
+        "BadRequest: pm2 is in the server's config but was skipped: unknown option "
+        '"colour" (known: module, entry, '
+    )
+    assert reply["response"].endswith("); the operator can fix its entry")
+    reply = hello(port, "bad_entry", plain)
+    assert reply["response"].startswith(
+        "BadRequest: bad_entry is in the server's config but was skipped: the list must have 3"
+    )
 
 
 @encodings

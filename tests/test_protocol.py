@@ -45,6 +45,7 @@ class FakeServer:
         self.reactor = task.Clock()
         self.modules = {"laser": FakeSupervisor("laser"), "stage": FakeSupervisor("stage")}
         self.reloads = []
+        self.skipped = {}  # config entries skipped: name -> why
         self.config_error = None
         self.access = AccessPolicy(allow=parse_rules(allow), admin=parse_rules(admin))
         self.module_rules = {
@@ -56,6 +57,9 @@ class FakeServer:
 
     def module(self, name):
         return self.modules.get(name)
+
+    def why_skipped(self, name):
+        return self.skipped.get(name)
 
     def may_open(self, who, name):
         return self.access.may_open(who, self.module_rules.get(name))
