@@ -34,8 +34,8 @@ from modserver import binary, wire
 from modserver.client import (
     DEFAULT_HOST,
     DEFAULT_PORT,
-    DEFAULT_TIMEOUT,
     LEASE,
+    ORIGINAL_TIMEOUT,
     ClientError,
     ConnectionFailed,
     ReplyTimeout,
@@ -47,6 +47,8 @@ from modserver.client import (
 )
 from modserver.endpoints import is_tls_error, pem_certificates, tls_reason
 from modserver.lines import ChunkedLineReceiver
+
+DEFAULT_TIMEOUT = ORIGINAL_TIMEOUT  # seconds for each answer, unless given
 
 # What sets the client's timeout, named in its ReplyTimeout messages.
 TIMEOUT_OPTION = "timeout= (of the AsyncClient, or of one call)"

@@ -68,7 +68,15 @@ def binary_available() -> bool:
 
 DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 36577
-DEFAULT_TIMEOUT = 2.0
+# No timeout given: wait as long as the server will.  A module's ack then
+# says how long that is (its queue wait limit and call timeout); the client
+# adds NETWORK_MARGIN.  The server's other answers are prompt: ANSWER_WAIT
+# bounds connecting and them, RELOAD_WAIT a reload (it waits for the module).
+DEFAULT_TIMEOUT = None
+ANSWER_WAIT = 10.0
+RELOAD_WAIT = 120.0
+NETWORK_MARGIN = 5.0
+ORIGINAL_TIMEOUT = 2.0  # ModuleServer's client.py, kept by the ``client`` class
 
 # What sets the client's timeout, named in its ReplyTimeout messages.
 PYTHON_TIMEOUT_OPTION = "timeout= (of the Client, or of one call)"
@@ -266,17 +274,29 @@ class _Connection:
                 "lost the connection to modserver at %s while sending: %s" % (self.where, exc)
             ) from None
 
-    def receive(self, what: str, timeout: float = None):
+    def receive(self, what: str, timeout: float = None, bound: str = None):
         """Read one reply; its response, or ServerError for an error reply."""
-        reply = self.receive_line(what, timeout)
+        return self.receive_reply(what, timeout, bound).get("response")
+
+    def receive_reply(self, what: str, timeout: float = None, bound: str = None) -> dict:
+        """Read one whole reply (a dict); ServerError for an error reply.
+
+        ``timeout`` None: the connection's (UNBOUNDED: none); ``bound`` says
+        where a timeout came from when it was not the client's own option.
+        """
+        reply = self.receive_line(what, timeout, bound=bound)
         if reply.get("error"):
             raise ServerError(str(reply.get("response")), reply.get("traceback") or "")
-        return reply.get("response")
+        return reply
 
-    def receive_line(self, what: str, timeout: float = None, wait_forever: bool = False) -> dict:
+    def receive_line(
+        self, what: str, timeout: float = None, wait_forever: bool = False, bound: str = None
+    ) -> dict:
         """Read one line, decoded (``wait_forever``: no timeout, as a watch waits)."""
         timeout = self.timeout if timeout is None else timeout
-        self.sock.settimeout(None if wait_forever else timeout)
+        if timeout == UNBOUNDED:
+            _keep_alive(self.sock)  # no bound: at least notice a peer that is gone
+        self.sock.settimeout(None if wait_forever or timeout == UNBOUNDED else timeout)
         chunks, data = [], self._pending
         try:
             while b"\n" not in data:
@@ -291,10 +311,13 @@ class _Connection:
         except ConnectionFailed:
             raise
         except socket.timeout:
+            if bound:
+                source = "%s; %s sets another" % (bound, self.timeout_option)
+            else:
+                source = "the client's timeout, which %s sets" % self.timeout_option
             raise ReplyTimeout(
-                "no reply from modserver at %s within %g s while %s: the client's timeout, "
-                "which %s sets; a call already running goes on in the module"
-                % (self.where, timeout, what, self.timeout_option)
+                "no reply from modserver at %s within %g s while %s: %s; a call already "
+                "running goes on in the module" % (self.where, timeout, what, source)
             ) from None
         except ssl.SSLError as exc:
             raise _tls_failure(self.where, exc) from None
@@ -356,9 +379,25 @@ class _Connection:
             return ""
         return " (if that port serves TLS, give the client TLS options: --tls-ca or tls_ca=)"
 
-    def ask(self, message: dict, what: str, timeout: float = None):
+    def ask(self, message: dict, what: str, timeout: float = None, bound: str = None):
         self.send(message)
-        return self.receive(what, timeout)
+        return self.receive(what, timeout, bound)
+
+    def open_module(self, module: str, learn_bound: bool) -> tuple:
+        """The hello to ``module``: ``(seconds, why)`` to wait for each reply
+        as the server bounds it if ``learn_bound``, else ``(None, None)``."""
+        hello = {"name": module}
+        if learn_bound:
+            hello["answer_within"] = True  # (ext) asked for: the ack says it
+        self.send(hello)
+        acked = self.receive_reply("waiting for %s to acknowledge" % module)
+        if acked.get("response") != "ack":
+            raise ClientError(
+                "unexpected answer to the hello for %s: %r" % (module, acked.get("response"))
+            )
+        if not learn_bound:
+            return None, None
+        return server_bound(acked)
 
     def closed_by_server(self) -> bool:
         """True if the server has closed its end (idle keep-alive, after an error)."""
@@ -375,7 +414,7 @@ class _Connection:
         except OSError:
             return True
         finally:
-            self.sock.settimeout(self.timeout)
+            self.sock.settimeout(None if self.timeout == UNBOUNDED else self.timeout)
         self._pending += data
         return data == b""
 
@@ -383,11 +422,47 @@ class _Connection:
         self.sock.close()
 
 
+UNBOUNDED = float("inf")  # a wait without bound: the server said its module has none
+
+
+def server_bound(ack: dict) -> tuple:
+    """``(seconds, why)``: how long to wait for each call's reply, from a module's ack.
+
+    The server says within how many seconds it answers (``answer_within``:
+    the module's queue wait limit and call timeout); the client adds
+    NETWORK_MARGIN.  ``null`` (the module has no timeout, so a call may run
+    as long as it runs), or a server that does not say (the original
+    ModuleServer, an older modserver): no bound.
+    """
+    within = ack.get("answer_within")
+    if within is None:
+        return UNBOUNDED, None
+    return float(within) + NETWORK_MARGIN, (
+        "the server's own bound of %g s (the module's queue wait limit and timeout) "
+        "plus %g s for the network" % (float(within), NETWORK_MARGIN)
+    )
+
+
+def _keep_alive(sock: socket.socket) -> None:
+    """TCP keep-alive probes, so a wait without bound still ends if the server's PC goes."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6)):
+        if hasattr(socket, option):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+            except OSError:
+                pass
+
+
 class Client:
     """Talks to one modserver; each call opens its own connection.
 
-    ``timeout`` (seconds) bounds connecting and each wait for a reply; slow
-    module calls can take a longer one (``com(..., timeout=30)``).
+    ``timeout`` (seconds) bounds connecting and each wait for a reply; a
+    call can be given its own (``com(..., timeout=30)``).  Without one the
+    client waits as long as the server will: a module's calls as long as
+    the server says it may take (its queue wait limit and the module's
+    timeout, plus NETWORK_MARGIN; without a module timeout, no bound), the
+    server's other answers ANSWER_WAIT (a reload RELOAD_WAIT).
 
     TLS: ``tls_ca`` (the CA file that signed the server's certificate),
     ``tls_cert`` and ``tls_key`` (this client's certificate, for a server
@@ -425,12 +500,13 @@ class Client:
 
     def _connect(self, timeout: float = None) -> _Connection:
         wait = self.timeout if timeout is None else timeout
+        wait = ANSWER_WAIT if wait is None else wait
         return _Connection(self.host, self.port, wait, self.tls, self.timeout_option, self.binary)
 
-    def _hello(self, name: str, what: str):
+    def _hello(self, name: str, what: str, wait: float = ANSWER_WAIT):
         connection = self._connect()
         try:
-            return connection.ask({"name": name}, what)
+            return connection.ask({"name": name}, what, wait if self.timeout is None else None)
         finally:
             connection.close()
 
@@ -457,7 +533,9 @@ class Client:
         Raises ServerError if there is no such module, as the original did.
         """
         encoded = _quote(module.encode("utf-8")).decode("ascii")
-        answer = self._hello("_reload_" + encoded, "waiting for the reload of %r" % module)
+        answer = self._hello(
+            "_reload_" + encoded, "waiting for the reload of %r" % module, RELOAD_WAIT
+        )
         if module and answer == 'Failed to find module "%s"' % module:
             raise ServerError(answer)
         return answer
@@ -469,13 +547,13 @@ class Client:
         wait for this reply instead of the client's timeout.
         """
         what = "waiting for %s.%s()" % (module, funcname)
+        if timeout is None:
+            timeout = self.timeout
         connection = self._connect()
         try:
-            acked = connection.ask({"name": module}, "waiting for %s to acknowledge" % module)
-            if acked != "ack":
-                raise ClientError("unexpected answer to the hello for %s: %r" % (module, acked))
+            wait, bound = connection.open_module(module, learn_bound=timeout is None)
             request = {"function": funcname, "args": list(args), "keep_alive": False}
-            return connection.ask(request, what, timeout)
+            return connection.ask(request, what, wait if timeout is None else timeout, bound)
         finally:
             connection.close()
 
@@ -620,6 +698,7 @@ class Session:
         self.module = module
         self.timeout = client.timeout if timeout is None else timeout
         self._connection = None
+        self._wait = self._bound = None  # what the server said, without a timeout
 
     def __enter__(self) -> Session:
         self.open()
@@ -635,7 +714,9 @@ class Session:
         self._drop()
         connection = self.client._connect(self.timeout)
         try:
-            connection.ask({"name": self.module}, "waiting for %s to acknowledge" % self.module)
+            self._wait, self._bound = connection.open_module(
+                self.module, learn_bound=self.timeout is None
+            )
         except BaseException:
             connection.close()
             raise
@@ -646,8 +727,13 @@ class Session:
         self.open()
         request = {"function": function, "args": list(args), "keep_alive": True}
         what = "waiting for %s.%s()" % (self.module, function)
+        if timeout is None:
+            timeout = self._wait if self.timeout is None else self.timeout
+            bound = self._bound
+        else:
+            bound = None
         try:
-            return self._connection.ask(request, what, timeout)
+            return self._connection.ask(request, what, timeout, bound)
         except ServerError:
             self._drop()  # the server closes the connection after an error reply
             raise
@@ -713,7 +799,8 @@ class Lease:
 
     def take(self) -> dict:
         """Take the lease (waiting up to ``wait`` s) and start renewing it."""
-        timeout = self.wait + self.client.timeout
+        # Without the client's timeout the server bounds the wait (its _lease answers).
+        timeout = None if self.client.timeout is None else self.wait + self.client.timeout
         self.info = self.client.lease_request(
             "take", self.module, self.seconds, self.wait, timeout=timeout
         )
@@ -741,15 +828,23 @@ class Lease:
 
 
 class client(Client):  # noqa: N801 (the original's name)
-    """ModuleServer's client class, under its name: same methods, same returns.
+    """ModuleServer's client class, under its name: same arguments (its 2 s
+    timeout too), same methods, same returns, the same bytes on the wire.
 
     Arrays come back as lists, as they did from the original, unless
     ``binary=True`` is given.
     """
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *args, **kwargs):
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        timeout=ORIGINAL_TIMEOUT,
+        *args,
+        **kwargs,
+    ):
         kwargs.setdefault("binary", False)
-        super().__init__(host, port, *args, **kwargs)
+        super().__init__(host, port, timeout, *args, **kwargs)
 
 
 class Lab:
@@ -780,7 +875,8 @@ class Lab:
         self.wait = discovery.DEFAULT_WAIT if wait is None else wait
         # With TLS files (as Client takes them), servers are used over their TLS ports.
         self.tls = client_tls(tls, tls_ca, tls_cert, tls_key)
-        self._finder = discovery.Finder(self.wait, timeout, tls=self.tls)
+        finding = discovery.DEFAULT_TIMEOUT if timeout is None else timeout
+        self._finder = discovery.Finder(self.wait, finding, tls=self.tls)
 
     def client(self, module: str) -> Client:
         """A Client for the server that offers ``module``."""
@@ -835,6 +931,28 @@ EXIT_UNREACHABLE = 3
 DISCOVER_WAIT = 2.0  # discovery.DEFAULT_WAIT, which this file alone cannot import
 
 
+def _seconds(text: str) -> float:
+    """--timeout: a positive number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = None
+    if seconds is None or not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError("%r is not a positive number of seconds" % text)
+    return seconds
+
+
+def _port(text: str) -> int:
+    """--port: a TCP port number."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = None
+    if port is None or not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError("%r is not a port number (1 to 65535)" % text)
+    return port
+
+
 def _argument(text: str):
     """A command-line argument: JSON when it parses (5, 1.5, true, [1,2]), else text."""
     try:
@@ -876,14 +994,16 @@ def _options(suppress: bool) -> argparse.ArgumentParser:
         "--host", default=default(DEFAULT_HOST), help="server host (%s)" % DEFAULT_HOST
     )
     options.add_argument(
-        "--port", type=int, default=default(DEFAULT_PORT), help="server port (%d)" % DEFAULT_PORT
+        "--port", type=_port, default=default(DEFAULT_PORT), help="server port (%d)" % DEFAULT_PORT
     )
     options.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
+        metavar="SECONDS",
         default=default(DEFAULT_TIMEOUT),
-        help="seconds to wait for an answer (%g); a call already running goes on in the "
-        "module after it" % DEFAULT_TIMEOUT,
+        help="seconds to wait for an answer (default: as long as the server will, which "
+        "it says for each module, plus %g s); a call already running goes on in the "
+        "module after it" % NETWORK_MARGIN,
     )
     options.add_argument(
         "--json",
@@ -953,14 +1073,16 @@ def _parser() -> argparse.ArgumentParser:
     modules.add_argument("prefix", nargs="?", default="", help="only names starting with this")
     reload = command("reload", "restart a module (or re-read the config)")
     reload.add_argument("name", nargs="?", default="", help="the module (none: the config)")
-    status = command("status", "the state of the server and its modules")
+    status = command(
+        "status", "the state of the server and its modules (a table; --json for programs)"
+    )
     status.add_argument("name", nargs="?", help="just this module")
     call = command("call", "call a module's function and print the result")
     call.add_argument("module")
     call.add_argument(
         "function", nargs="?", default="_help", help="the function (none: the module's help)"
     )
-    call.add_argument("args", nargs="*", metavar="ARG")
+    call.add_argument("args", nargs="*", default=[], metavar="ARG")
     call.add_argument(
         "--save",
         metavar="FILE.npy",
@@ -1012,7 +1134,9 @@ def _run(lab: Client, options):
     if command == "status":
         return lab.status(options.name)
     if command == "discover":
-        return load_discovery().discover(options.wait, options.timeout, lab.tls)
+        discovery = load_discovery()
+        timeout = discovery.DEFAULT_TIMEOUT if options.timeout is None else options.timeout
+        return discovery.discover(options.wait, timeout, lab.tls)
     if command == "lease":
         return _lease(lab, options)
     if command == "watch":
@@ -1075,7 +1199,8 @@ def _lease(lab: Client, options):
         args.append(seconds)
     if operation == "take" and options.lease_wait:
         args.append(options.lease_wait)
-        return lab.lease_request(operation, *args, timeout=options.lease_wait + lab.timeout)
+        wait = None if lab.timeout is None else options.lease_wait + lab.timeout
+        return lab.lease_request(operation, *args, timeout=wait)
     return lab.lease_request(operation, *args)
 
 
@@ -1131,6 +1256,73 @@ def save_array(path: str, response) -> str:
     return "saved %s %s (%d bytes) to %s" % (response.dtype, shape, response.nbytes, path)
 
 
+def _duration(seconds) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    hours, minutes = divmod(seconds // 60, 60)
+    if hours:
+        return "%dh %02dm" % (hours, minutes)
+    return "%dm %02ds" % (minutes, seconds % 60) if minutes else "%ds" % seconds
+
+
+def _short(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+STATUS_COLUMNS = ("MODULE", "STATE", "PID", "UP", "RESTARTS", "CALLS", "ERRORS", "QUEUE")
+
+
+def status_table(status: dict) -> str:
+    """The answer to ``_status`` for people: the server in a line, a row per module."""
+    server = status.get("server", {})
+    modules = status.get("modules", {})
+    lines = [
+        "%s: modserver %s, up %s, %d module%s, %s connection%s"
+        % (
+            server.get("name") or "modserver",
+            server.get("version", "?"),
+            _duration(server.get("uptime")),
+            len(modules),
+            "" if len(modules) == 1 else "s",
+            server.get("connections", 0),
+            "" if server.get("connections", 0) == 1 else "s",
+        )
+    ]
+    if server.get("config_error"):
+        lines.append("config file not in use: %s" % _short(server["config_error"], 200))
+    lines.extend("config: %s" % problem for problem in server.get("config_problems") or [])
+    rows = [STATUS_COLUMNS]
+    errors = []
+    for name, module in modules.items():
+        state = module.get("state", "?")
+        if module.get("restart_in") is not None:
+            state += " (restart in %ds)" % round(module["restart_in"])
+        rows.append(
+            (
+                name,
+                state,
+                str(module.get("pid") or ""),
+                _duration(module.get("uptime")),
+                str(module.get("restarts", 0)),
+                str(module.get("calls", 0)),
+                str(module.get("errors", 0)),
+                "%s/%s" % (module.get("queue", 0), module.get("queue_limit", "")),
+            )
+        )
+        error = module.get("last_error")
+        if error:
+            errors.append("%s: %s" % (name, _short(error.get("reason", ""), 100)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(STATUS_COLUMNS))]
+    for row in rows:
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    if errors:
+        lines.append("last errors (status NAME --json for the tracebacks):")
+        lines.extend("  " + error for error in errors)
+    return "\n".join(lines)
+
+
 def _show(command: str, response, as_json: bool, wait: float = 0) -> str:
     if command == "discover":
         return load_discovery().format_listings(response, wait, as_json)
@@ -1144,6 +1336,8 @@ def _show(command: str, response, as_json: bool, wait: float = 0) -> str:
         return "\n".join(response)
     if hasattr(response, "dtype") and hasattr(response, "shape"):
         return summary(response)
+    if command == "status":
+        return status_table(response)
     return json.dumps(response, indent=2, default=_shown_value)
 
 

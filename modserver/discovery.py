@@ -19,7 +19,6 @@ import threading
 import time
 
 from modserver.client import (
-    DEFAULT_TIMEOUT,
     Client,
     ClientError,
     ConnectionFailed,
@@ -28,6 +27,7 @@ from modserver.client import (
 )
 
 SERVICE_TYPE = "_modserver._tcp.local."
+DEFAULT_TIMEOUT = 2.0  # seconds to resolve a server's announcement, and to ask it its modules
 
 # TXT record keys (docs/operating.md lists them).  Kept short: every
 # announcement carries them.

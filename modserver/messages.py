@@ -71,6 +71,11 @@ def wants_binary(message) -> bool:
     raise bad_request(f'"binary" must be 1 or 0 (true or false), not {_shown(value)}')
 
 
+def asks_answer_within(message) -> bool:
+    """Does this (checked) hello ask for ``answer_within`` in the module's ack? (ext)"""
+    return message.get("answer_within") is True
+
+
 def request(message, max_segments: int = 2**63) -> Request:
     """A request's fields, checked; segments may hold ``max_segments`` bytes in all."""
     if not isinstance(message, dict):

@@ -324,7 +324,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         elif name.startswith(RELOAD):
             self._reload(wire.unquote_plus(name[len(RELOAD) :].encode("utf-8")), plain)
         else:
-            self._open_module(name, plain)
+            self._open_module(name, plain, messages.asks_answer_within(message))
 
     def _status(self, module: str, plain: bool) -> None:
         if module and self.server.module(module) is None:
@@ -392,7 +392,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
 
         waiting.addCallbacks(lambda _: self._answer(f'Reloaded "{module}"', plain), failed)
 
-    def _open_module(self, name: str, plain: bool) -> None:
+    def _open_module(self, name: str, plain: bool, answer_within: bool = False) -> None:
         supervisor = self.server.module(name)
         if supervisor is None:
             self._fail(self._no_such_module(name), plain)
@@ -406,7 +406,9 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             return
         self._supervisor = supervisor
         self._admin = self.server.access.is_admin(self.identity)
-        self._send(wire.encode_reply("ack", plain=plain))
+        # (ext) A client that asks is told how long the server may take to answer.
+        extra = {"answer_within": supervisor.answers_within()} if answer_within else None
+        self._send(wire.encode_reply("ack", plain=plain, extra=extra))
         self._flush()
         self._await_input(self.settings.idle_timeout)
 

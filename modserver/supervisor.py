@@ -189,6 +189,14 @@ class ModuleSupervisor:
         """Queue a call; it is answered now if the module cannot take it."""
         self.flow.submit(call)
 
+    def answers_within(self) -> float | None:
+        """Seconds within which a request gets its reply: its wait for a turn
+        (the queue wait limit) and its call (the module's timeout); None when
+        the module has no timeout (a call may run as long as it runs)."""
+        if self.spec.timeout is None:
+            return None
+        return self.flow.line.rules.wait + self.spec.timeout
+
     def hello_error(self) -> ReplyError | None:
         """Why a client cannot use the module now, or None to acknowledge it.
 

@@ -203,14 +203,17 @@ def _finite(value):
     return value
 
 
-def reply_body(response, error: bool = False, traceback: str = "", plain: bool = False):
+def reply_body(
+    response, error: bool = False, traceback: str = "", plain: bool = False, extra=None
+):
     """Encode a reply without its newline (the caller writes that separately).
 
     NaN and infinities become null: JSON has no such numbers, and MATLAB's
     jsondecode reads null in a numeric array as NaN.  Raises TypeError or
-    ValueError when ``response`` cannot be encoded.
+    ValueError when ``response`` cannot be encoded.  ``extra``: fields after
+    the three every reply has, for a client that asked for them.
     """
-    reply = {"response": response, "error": error, "traceback": traceback}
+    reply = {"response": response, "error": error, "traceback": traceback, **(extra or {})}
     try:
         text = json.dumps(reply, default=_to_json, allow_nan=False)
     except ValueError as exc:
@@ -234,9 +237,11 @@ def encode_watch(message: dict, plain: bool = False) -> bytes:
     return (data if plain else quote_plus(data)) + b"\n"
 
 
-def encode_reply(response, error: bool = False, traceback: str = "", plain: bool = False):
+def encode_reply(
+    response, error: bool = False, traceback: str = "", plain: bool = False, extra=None
+):
     """Encode a whole reply line, newline included."""
-    return reply_body(response, error, traceback, plain) + b"\n"
+    return reply_body(response, error, traceback, plain, extra) + b"\n"
 
 
 def one_line(text: str) -> str:

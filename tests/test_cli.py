@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import sys
 import pytest
 
 from modserver import client
-from tests.helpers import ServerProcess, free_port
+from tests.helpers import ServerProcess, free_port, wait_for
 
 CONFIG = {"basic": ["basic", "Basic", None], "broken": ["broken_import", "Broken", None]}
 
@@ -56,9 +57,21 @@ def test_reload(server):
     assert code == 1 and out == "" and err == 'error: Failed to find module "nope"\n'
 
 
-def test_status(server):
+def test_status_is_a_short_table_for_people_and_json_for_programs(server):
+    code, out, err = run(server, "status")
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert len(lines) < 10
+    assert re.fullmatch(r"modserver: modserver \S+, up \d+\w.*, 2 modules, 1 connection", lines[0])
+    assert lines[1].split() == list(client.STATUS_COLUMNS)
+    assert client.STATUS_COLUMNS[:3] == ("MODULE", "STATE", "PID")
+    assert lines[2].split()[:2] in (["basic", "ready"], ["basic", "busy"])
+    assert lines[3].split()[:2] == ["broken", "failed"]
+    assert lines[-1].startswith("  broken: LoadError: broken failed to load: ModuleNotFoundError")
     code, out, _ = run(server, "status", "basic")
-    assert code == 0 and json.loads(out)["modules"]["basic"]["state"] in ("ready", "busy")
+    assert code == 0 and "1 module," in out and "broken" not in out
+    code, out, _ = run(server, "--json", "status", "basic")
+    assert json.loads(out)["modules"]["basic"]["state"] in ("ready", "busy")
     code, out, _ = run(server, "--json", "status")
     assert len(out.splitlines()) == 1 and "broken" in json.loads(out)["modules"]
 
@@ -164,7 +177,8 @@ def test_help_lists_every_exit_status(where):
 
 def test_usage_mistakes_exit_2_and_say_so(server):
     code, out, err = run(server, "call")
-    assert code == 2 and out == "" and "the following arguments are required: module" in err
+    assert code == 2 and out == ""
+    assert err.splitlines()[-1].endswith("the following arguments are required: module")
 
 
 def test_version_is_modservers(server):
@@ -187,3 +201,44 @@ def test_lease_take_show_renew_release_from_the_command_line(server):
 def test_lease_mistakes_exit_2(server):
     code, _, err = run(server, "lease", "take", "basic")
     assert code == 2 and "lease take needs a module and a number of seconds" in err
+
+
+# Waiting as long as the server will ---------------------------------------------------
+
+
+def test_a_hanging_call_gets_the_servers_timeout_and_the_next_call_its_answer(tmp_path):
+    config = {"pm": {"module": "lifecycle", "entry": "Life", "timeout": 5}}
+    with ServerProcess(tmp_path, config).start() as srv:
+        where = ["--host", "127.0.0.1", "--port", str(srv.port)]
+        hanging = subprocess.Popen(
+            [*command(), *where, "call", "pm", "hang"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for(lambda: srv.module_status("pm")["current_call"], what="the hanging call")
+            code, out, err = run(srv, "call", "pm", "sleep", "0.1")  # waits its turn
+            assert (code, out, err) == (0, "0.1\n", "")
+            out, err = hanging.communicate(timeout=30)
+        finally:
+            hanging.kill()
+        assert hanging.returncode == 1 and out == ""
+        assert err.startswith("error: Timeout: pm.hang did not answer within 5 s; its worker")
+        code, _, err = run(srv, "--timeout", "0.5", "call", "pm", "hang")  # given: it wins
+        assert code == 3 and "within 0.5 s" in err and "--timeout SECONDS" in err
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (("--timeout", "-1"), "argument --timeout: '-1' is not a positive number of seconds"),
+        (("--timeout", "nan"), "argument --timeout: 'nan' is not a positive number of seconds"),
+        (("--port", "99999"), "argument --port: '99999' is not a port number (1 to 65535)"),
+        (("--port", "0"), "argument --port: '0' is not a port number (1 to 65535)"),
+    ],
+)
+def test_impossible_timeouts_and_ports_are_usage_errors(option, message):
+    code, out, err = bare(*option, "ping")
+    assert code == 2 and out == "" and err.rstrip().endswith(message)
+    assert "Traceback" not in err

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from modserver.client import (
+    NETWORK_MARGIN,
     Client,
     ClientError,
     ConnectionFailed,
@@ -185,3 +188,71 @@ def test_a_server_errors_message_shows_its_reason_once(lab):
     with pytest.raises(ServerError) as caught:
         lab.com("nope", "x")  # the server's own error: its traceback is the reason alone
     assert str(caught.value) == "Server Error: BadRequest: nope does not exist (case matters)"
+
+
+# How long a call is waited for ---------------------------------------------------------
+
+TIMED = {"pm": {"module": "lifecycle", "entry": "Life", "timeout": 5, "queue_wait": 20}}
+
+
+@pytest.fixture(scope="module")
+def timed_server(tmp_path_factory):
+    with ServerProcess(tmp_path_factory.mktemp("timed"), TIMED).start() as srv:
+        yield srv
+
+
+def test_by_default_a_call_waits_for_the_servers_own_answer(timed_server):
+    lab = Client("127.0.0.1", timed_server.port)
+    assert lab.timeout is None
+    started = time.monotonic()
+    with pytest.raises(ServerError) as caught:
+        lab.com("pm", "hang")
+    assert caught.value.reason.startswith("Timeout: pm.hang did not answer within 5 s")
+    assert 4.5 < time.monotonic() - started < 20
+    assert lab.com("pm", "sleep", 0.1) == 0.1  # the restarted worker
+
+
+def test_a_session_waits_as_long_as_the_server_said(timed_server):
+    lab = Client("127.0.0.1", timed_server.port)
+    with lab.session("pm") as pm:
+        assert pm.sleep(0.1) == 0.1
+        assert pm._wait == 5 + 20 + NETWORK_MARGIN
+
+
+def test_a_timeout_given_still_wins_and_names_itself(timed_server):
+    lab = Client("127.0.0.1", timed_server.port, timeout=0.5)
+    with pytest.raises(ReplyTimeout, match="within 0.5 s .*the client's timeout"):
+        lab.com("pm", "sleep", 3)
+    with pytest.raises(ReplyTimeout, match="within 0.3 s"):
+        Client("127.0.0.1", timed_server.port).com("pm", "sleep", 3, timeout=0.3)
+
+
+def test_a_module_without_timeout_is_waited_for_without_bound(server):
+    lab = Client("127.0.0.1", server.port)
+    assert lab.com("basic", "sleep", 2.5) == 2.5  # longer than the 2 s clients used to wait
+
+
+def hello_bytes(make_call) -> bytes:
+    """The first line a client sends, caught by a listener that answers nothing."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    port = listener.getsockname()[1]
+    with ThreadPoolExecutor(1) as pool:
+        calling = pool.submit(make_call, port)
+        connection, _ = listener.accept()
+        with connection:
+            connection.settimeout(10)
+            line = b""
+            while not line.endswith(b"\n"):
+                line += connection.recv(1024)
+        listener.close()
+        with pytest.raises(ClientError):
+            calling.result(20)
+    return line
+
+
+def test_the_originals_class_sends_the_originals_bytes():
+    line = hello_bytes(lambda port: client("127.0.0.1", port).com("laser", "on"))
+    assert line == b"%7B%22name%22%3A+%22laser%22%7D\n"
+    line = hello_bytes(lambda port: Client("127.0.0.1", port).com("laser", "on"))
+    assert line == b"%7B%22name%22%3A+%22laser%22%2C+%22answer_within%22%3A+true%7D\n"

@@ -32,6 +32,9 @@ class FakeSupervisor:
     def hello_error(self):
         return self.load_error if self.state is State.FAILED else None
 
+    def answers_within(self):
+        return 65.0 if self.name == "laser" else None
+
     def release(self, sink):
         self.released.append(sink)
 
@@ -145,6 +148,30 @@ def test_module_hello_acks_and_keeps_the_connection():
     client.send({"name": "laser"})
     assert client.replies() == [{"response": "ack", "error": False, "traceback": ""}]
     assert not client.closed
+
+
+def test_a_client_that_asks_is_told_how_long_the_server_may_take_to_answer():
+    client = Client()
+    client.send({"name": "laser", "answer_within": True}, plain=False)
+    assert client.transport.value() == (
+        b"%7B%22response%22%3A+%22ack%22%2C+%22error%22%3A+false%2C+%22traceback%22%3A+%22%22%2C"
+        b"+%22answer_within%22%3A+65.0%7D\n"
+    )
+    client = Client()
+    client.send({"name": "stage", "answer_within": True})
+    assert client.replies() == [
+        {"response": "ack", "error": False, "traceback": "", "answer_within": None}
+    ]
+
+
+def test_an_ack_is_the_originals_bytes_unless_asked_for_more():
+    for hello in ({"name": "laser"}, {"name": "laser", "answer_within": False}):
+        client = Client()
+        client.send(hello, plain=False)
+        assert client.transport.value() == (
+            b"%7B%22response%22%3A+%22ack%22%2C+%22error%22%3A+false%2C+"
+            b"%22traceback%22%3A+%22%22%7D\n"
+        )
 
 
 def test_failed_module_hello_is_its_load_error():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -506,3 +507,12 @@ def test_illegal_transitions_are_refused():
     with pytest.raises(AssertionError):
         check_transition(State.FAILED, State.READY)
     check_transition(State.READY, State.BUSY)
+
+
+def test_a_module_answers_within_its_queue_wait_and_its_timeout():
+    supervisor, _, _ = ready_supervisor(timeout=5.0, queue_wait=30.0)
+    assert supervisor.answers_within() == 35.0
+    supervisor.update(dataclasses.replace(supervisor.spec, queue_wait=10.0))  # applies at once
+    assert supervisor.answers_within() == 15.0
+    without, _, _ = ready_supervisor()
+    assert without.answers_within() is None  # no timeout: a call runs as long as it runs
