@@ -29,8 +29,9 @@ for run in $(seq 1 "$runs"); do
     start=$(date +%s)
     python -m pytest "$@" >"$log" 2>&1
     status=$?
-    summary=$(grep -E '(passed|failed|error).* in [0-9.]+s' "$log" | tail -1 | tr -d '=')
-    echo "run $run/$runs: exit $status,${summary:- no summary} ($(( $(date +%s) - start )) s)"
+    summary=$(grep -E '(passed|failed|error).* in [0-9.]+s' "$log" | tail -1 | tr -d '=' \
+        | sed 's/^ *//; s/ *$//')
+    echo "run $run/$runs: exit $status, ${summary:-no summary} ($(( $(date +%s) - start )) s)"
     if [ "$status" -ne 0 ]; then
         failed=1
         grep -E '^(FAILED|ERROR) ' "$log" | sed 's/^/    /'

@@ -9,6 +9,8 @@ so this keeps the endpoint's Deferred itself.
 from __future__ import annotations
 
 from twisted.internet import defer, endpoints, error
+from twisted.python import context
+from twisted.python.log import ILogContext
 
 from modserver import logs
 from modserver.endpoints import windows_paths_escaped
@@ -35,6 +37,24 @@ def security(description: str) -> str:
     return TLS_PREFIXES.get(description.split(":", 1)[0].strip().lower(), "")
 
 
+def page_urls(host: str, port: int, local: list[str] | None = None) -> list[str]:
+    """The status page's URLs for a listener bound to ``host``: for a wildcard
+    (0.0.0.0, ::), localhost and this PC's addresses (``local``: all of them)."""
+    from modserver import announce  # (which imports this module)
+
+    def url(address: str) -> str:
+        return f"http://[{address}]:{port}/" if ":" in address else f"http://{address}:{port}/"
+
+    if host not in (*announce.WILDCARD_V4, announce.WILDCARD_V6):
+        return [url(host)]
+    if local is None:
+        try:
+            local = announce.local_addresses()
+        except Exception:  # noqa: BLE001 - naming them is a courtesy; serving goes on
+            local = []
+    return [url("localhost"), *map(url, announce.advertised_addresses(host, local))]
+
+
 class Listener:
     """One endpoint the server listens on, for clients or for the status page."""
 
@@ -58,7 +78,10 @@ class Listener:
             self.reactor, with_backlog(windows_paths_escaped(self.description))
         )
         failures = []
-        self._listening = endpoint.listen(self.factory)
+        # Twisted's port says "<Factory> starting on <port>" as it listens: a
+        # line with no text here, as this listener says where it listens.
+        quiet = {ILogContext: {"log_format": ""}}
+        self._listening = context.call(quiet, endpoint.listen, self.factory)
         self._listening.addCallbacks(self._listened, failures.append)
         if failures:  # TCP, TLS, UNIX and systemd endpoints fail at once
             exc = failures[0].value
@@ -70,7 +93,7 @@ class Listener:
         address = port.getHost()
         host, number = getattr(address, "host", address), getattr(address, "port", "")
         if self.kind == "status page":
-            self.log.info("status page on http://{host}:{port}/", host=host, port=number)
+            self.log.info("status page on {urls}", urls=", ".join(page_urls(host, number)))
             return
         kind = security(self.description)
         self.log.info(

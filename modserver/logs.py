@@ -67,6 +67,19 @@ def for_module(name: str, topic: str = "lifecycle") -> SystemLogger:
 server_log = SystemLogger("modserver.server", "server")
 
 
+def cannot_open(path: str) -> str | None:
+    """Why the log file ``path`` cannot be opened for writing, or None if it can."""
+    try:
+        try:
+            open(path, "a").close()
+        except FileNotFoundError:  # its folder is made, as json_observer does
+            os.makedirs(os.path.dirname(os.path.abspath(path)))
+            open(path, "a").close()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def json_observer(path: str, size: int, count: int):
     """A rotating RFC 7464 JSON log (readable by eventsFromJSONLogFile, jq --seq)."""
     directory = os.path.dirname(os.path.abspath(path))

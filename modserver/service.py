@@ -61,6 +61,11 @@ Request to the module: {"function": F, "args": [...], "keep_alive": false}
 """
 
 
+def plural(count: int, noun: str) -> str:
+    """``"1 module"``, ``"3 modules"``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 @dataclass
 class ServerSettings:
     """Server-wide settings (from the command line)."""
@@ -171,9 +176,9 @@ class ModServer(service.MultiService):
                 path=self.config.path,
             )
         self.log.info(
-            "modserver {version} serving {count} modules from {path} on {listen}",
+            "modserver {version} serving {count} from {path} on {listen}",
             version=modserver.__version__,
-            count=len(self.config.modules),
+            count=plural(len(self.config.modules), "module"),
             path=self.config.path,
             listen=", ".join(self.settings.listen),
         )

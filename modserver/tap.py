@@ -358,6 +358,9 @@ class Options(usage.Options):
             self["listen"].append(f"tcp:{DEFAULT_PORT}:interface={DEFAULT_INTERFACE}")
 
 
+EXIT_USAGE = 2  # exit status for a mistake in the command line
+
+
 def config_location(given: str | None) -> tuple[str, bool]:
     """The config file to use and whether it is the bundled demo."""
     if given:
@@ -399,6 +402,11 @@ def makeService(options: Options, reactor=None) -> ModServer:
                 f"modserver: bad --listen endpoint {description!r}: "
                 f"{endpoint_help.explain(description, exc)}"
             ) from None
+    json_log = options["json-log"]
+    problem = json_log and logs.cannot_open(json_log)
+    if problem:  # a usage mistake: said before anything starts, as an option's
+        sys.stderr.write(f"modserver: cannot open --json-log {json_log}: {problem}\n")
+        raise SystemExit(EXIT_USAGE)
     platform = _platform()
     fd_limit = platform.raise_fd_limit()
     log_level = LOG_LEVELS[options["log-level"].lower()]

@@ -35,6 +35,15 @@ OUTPUT_TAIL_LINE = 500
 TRANSIENT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN}
 
 
+def traceback_above(reason: str, traceback: str) -> str:
+    """``traceback`` for the log below ``reason``: without its last line when the
+    reason already ends with it, and without trailing blank lines."""
+    lines = traceback.rstrip().split("\n")
+    if lines and lines[-1].strip() and reason.rstrip().endswith(lines[-1].strip()):
+        lines.pop()
+    return "\n".join(lines).rstrip()
+
+
 class LoadFailed(Exception):
     """A module could not be loaded; carries the reply error to give clients."""
 
@@ -356,10 +365,10 @@ class WorkerLife:
         if self.state is not State.FAILED:
             self._set_state(State.FAILED)
         self.log.error(
-            "{reason}\n{traceback}",
+            "{reason}\n{traceback}" if err.traceback.strip() else "{reason}",
             module=self.name,
             reason=err.reason,
-            traceback=err.traceback,
+            traceback=traceback_above(err.reason, err.traceback),
         )
         self._cannot_load(err)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -384,3 +386,33 @@ def test_the_example_project_runs_as_is(tmp_path):
         )
     finally:
         srv.stop()
+
+
+def test_an_unopenable_json_log_is_one_line_before_anything_starts(tmp_path):
+    (tmp_path / "server.config").write_text(json.dumps({"basic": ["basic", "Basic", None]}))
+    (tmp_path / "basic.py").write_text((ROOT / "tests/modules/basic.py").read_text())
+    (tmp_path / "a-file").write_text("")
+    where = tmp_path / "a-file" / "modserver.json"  # under a file: cannot be made
+    args = ["--listen", "tcp:0:interface=127.0.0.1", "--json-log", str(where)]
+    result = run_twistd(args, tmp_path)
+    output = result.stderr + result.stdout
+    assert result.returncode == 2, output
+    assert "Traceback" not in output
+    assert [line for line in output.splitlines() if "modserver:" in line] == [
+        f"modserver: cannot open --json-log {where}: Not a directory"
+    ]
+    assert "listening on" not in output and "starting worker" not in output
+
+
+def test_the_startup_log_is_plain_and_says_a_load_error_once(tmp_path):
+    with ServerProcess(tmp_path, {"broken": ["broken_import", "Broken", None]}).start() as srv:
+        log = srv.log()
+    assert re.search(r"serving 1 module from \S+ on ", log)
+    lines = log.splitlines()
+    at = next(i for i, line in enumerate(lines) if "[broken#error] LoadError" in line)
+    event = [lines[at]]
+    event += itertools.takewhile(lambda line: line.startswith("\t"), lines[at + 1 :])
+    assert "\n".join(event).count("No module named 'this_package_does_not_exist'") == 1
+    assert event[1] == "\tTraceback (most recent call last):"
+    assert all(line.strip() for line in event)  # no empty indented line
+    assert not re.search(r"(ClientFactory|StatusSite) starting on", log)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from modserver import listeners, service
 from modserver.config import read_config
 from modserver.lifecycle import State
 from modserver.service import ModServer, ServerSettings
@@ -92,3 +93,21 @@ def test_stopping_the_server_stops_every_worker(tmp_path):
     for spawned in reactor.spawned:
         spawned.exits(0)
     assert done.called and not server._poller.running
+
+
+def test_counts_in_the_log_are_grammatical():
+    assert service.plural(1, "module") == "1 module"
+    assert [service.plural(n, "module") for n in (0, 2)] == ["0 modules", "2 modules"]
+
+
+def test_a_status_page_on_every_address_is_named_by_this_pcs_addresses():
+    local = ["127.0.0.1", "10.0.0.7", "::1", "fe80::1%2", "2001:db8::7"]
+    assert listeners.page_urls("0.0.0.0", 8080, local) == [
+        "http://localhost:8080/",
+        "http://10.0.0.7:8080/",
+    ]
+    v6 = listeners.page_urls("::", 8080, local)
+    assert v6[:2] == ["http://localhost:8080/", "http://[2001:db8::7]:8080/"]
+    assert not any("fe80" in url or "[::" in url for url in v6)
+    assert listeners.page_urls("127.0.0.1", 8080, local) == ["http://127.0.0.1:8080/"]
+    assert "0.0.0.0" not in " ".join(listeners.page_urls("0.0.0.0", 8080))  # this PC's own
