@@ -119,6 +119,19 @@ def _help(text: str):
     return give
 
 
+ENDPOINT_EXAMPLES = """
+Endpoints for --listen (each one argument):
+  tcp:36577:interface=0.0.0.0
+      plain TCP on every address (interface=127.0.0.1: this PC only)
+  ssl:36578:certKey=server.pem:privateKey=server.key
+      TLS
+  mtls:36578:certKey=server.pem:privateKey=server.key:caCerts=lab-ca.pem
+      mutual TLS: clients need a certificate signed by the CA
+  systemd:domain=INET:index=0
+      a socket passed by systemd (socket activation)
+"""
+
+
 class Options(usage.Options):
     """Options of ``twistd modserver``."""
 
@@ -129,6 +142,11 @@ class Options(usage.Options):
         "on the given endpoints.  Without --config it uses ./server.config, or the "
         "bundled demo modules if there is none."
     )
+
+    def getUsage(self, width: int | None = None) -> str:
+        """Twisted's usage text, then the endpoint examples, each whole on its line
+        (Twisted's wrapping would cut them in the middle)."""
+        return super().getUsage(width) + ENDPOINT_EXAMPLES
 
     optParameters = [
         ["config", "c", None, "The JSON config file naming the modules."],
@@ -275,10 +293,8 @@ class Options(usage.Options):
         self["http-host"] = []
 
     @_help(
-        "Listen on a Twisted endpoint (repeatable): tcp:36577:interface=0.0.0.0; "
-        "TLS: ssl:36578:certKey=server.pem:privateKey=server.key; mutual TLS "
-        "(clients need a certificate signed by the CA): "
-        "mtls:36578:certKey=server.pem:privateKey=server.key:caCerts=lab-ca.pem. "
+        "Listen on a Twisted endpoint (repeatable), e.g. tcp:36577:interface=0.0.0.0; "
+        "ssl: for TLS, mtls: for mutual TLS (endpoints below). "
         "File paths starting with a drive (certKey=C:\\certs\\server.pem) are taken as "
         "written; any other colon in a value is written \\: and a backslash \\\\."
     )

@@ -193,3 +193,20 @@ def test_a_tls_endpoint_with_windows_paths_reads_those_files(tmp_path):
         tap.makeService(options("--config", str(config), "--listen", listen), FakeReactor())
     # The drive's colon did not cut the option: the file was looked for whole.
     assert r"cannot read certKey file C:\lab certs\server.pem" in str(caught.value)
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_help_never_cuts_an_endpoint_string(width):
+    text = tap.Options().getUsage(width=width)
+    whole = {
+        "tcp:36577:interface=0.0.0.0",
+        "tcp:8080:interface=0.0.0.0",
+        "ssl:36578:certKey=server.pem:privateKey=server.key",
+        "mtls:36578:certKey=server.pem:privateKey=server.key:caCerts=lab-ca.pem",
+        "systemd:domain=INET:index=0",
+        "ssl:",
+        "mtls:",
+    }
+    tokens = re.findall(r"\b(?:tcp|ssl|mtls|systemd):[^\s;,()]*", text)
+    assert {token.rstrip(".") for token in tokens} <= whole
+    assert all(example in text for example in whole)
