@@ -516,7 +516,7 @@ class AsyncLab:
 
     Looking around the network blocks (zeroconf waits for answers), so it
     runs in the reactor's thread pool; the calls themselves are AsyncClient's.
-    Needs python-zeroconf (``pip install 'modserver[discovery]'``).
+    Needs python-zeroconf (``pip install '.[discovery]'`` in modserver's checkout).
     """
 
     def __init__(

@@ -855,8 +855,8 @@ class Lab:
 
     Servers announce themselves with DNS-SD (multicast DNS); finding them
     needs the modserver package and python-zeroconf (``pip install
-    'modserver[discovery]'``).  The first call for a module looks around
-    for ``wait`` seconds and asks every server for its modules; the answer
+    '.[discovery]'`` in modserver's checkout).  The first call for a module
+    looks around for ``wait`` seconds and asks every server for its modules; the answer
     is remembered until a server appears, leaves or fails to answer.  A
     module offered by two servers is an error naming both, never a guess.
     """
@@ -917,7 +917,7 @@ def load_discovery():
     except ImportError:  # this file copied on its own
         raise ClientError(
             "finding servers on the lab network needs the modserver package and "
-            "python-zeroconf: pip install 'modserver[discovery]'"
+            "python-zeroconf: pip install '.[discovery]' in modserver's checkout"
         ) from None
     discovery.load_zeroconf()
     return discovery

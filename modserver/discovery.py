@@ -3,7 +3,7 @@
 Servers announce themselves (see modserver.announce); this module finds
 them, asks each for its modules and picks the one server that offers a
 module.  It speaks what Bonjour and Avahi speak, through python-zeroconf,
-an optional dependency (``pip install 'modserver[discovery]'``) imported
+an optional dependency (``pip install '.[discovery]'`` in the checkout) imported
 only when something here is used.
 
 Clients load it (``modserver.client.Lab``), so it keeps Python 3.7 syntax
@@ -37,7 +37,7 @@ TXT_PORT = "port"  # the plain TCP port, absent if there is none
 TXT_TLS_PORT = "tls_port"  # the TLS port (ssl: or mtls: listener), absent if none
 TXT_HTTP = "http"  # the status page's port, if it listens beyond loopback
 
-INSTALL_HINT = "pip install 'modserver[discovery]' (or pip install zeroconf)"
+INSTALL_HINT = "pip install '.[discovery]' in modserver's checkout (or pip install zeroconf)"
 
 # How long a look around the network collects answers.  mDNS has no "that
 # was everyone": a responder answers within about 0.1 s, except that it

@@ -337,7 +337,8 @@ def test_without_zeroconf_the_default_logs_one_line_and_carries_on(monkeypatch, 
     lines = [line for line in messages(logged) if "python-zeroconf is not installed" in line]
     assert lines == [
         "not announced on the lab network: python-zeroconf is not installed (pip install "
-        "'modserver[discovery]' (or pip install zeroconf)); --no-announce silences this line"
+        "'.[discovery]' in modserver's checkout (or pip install zeroconf)); --no-announce "
+        "silences this line"
     ]
     assert announcer.snapshot()["state"] == "off"
 

@@ -225,7 +225,7 @@ def test_lab_without_zeroconf_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "zeroconf", None)  # import zeroconf now fails
     with pytest.raises(client.ClientError) as raised:
         client.Lab()
-    assert "pip install 'modserver[discovery]'" in str(raised.value)
+    assert "pip install '.[discovery]'" in str(raised.value)
 
 
 def test_discover_without_zeroconf_says_what_to_install(monkeypatch, capsys):
@@ -249,5 +249,5 @@ def test_a_copied_client_file_without_the_package_says_what_to_install(tmp_path)
     assert result.returncode == client.EXIT_UNREACHABLE
     assert result.stderr == (
         "error: finding servers on the lab network needs the modserver package and "
-        "python-zeroconf: pip install 'modserver[discovery]'\n"
+        "python-zeroconf: pip install '.[discovery]' in modserver's checkout\n"
     )

@@ -27,7 +27,7 @@ from modserver.announce import host_label
 from tests.helpers import ServerProcess, modserver_command, wait_for
 from tests.netns import LabNetwork
 
-pytest.importorskip("zeroconf", reason="needs python-zeroconf: pip install 'modserver[discovery]'")
+pytest.importorskip("zeroconf", reason="needs python-zeroconf: pip install '.[discovery]'")
 
 HOST = host_label(socket.gethostname())  # both namespaces share the machine's name
 ANNOUNCED = "announced on the lab network as"
@@ -370,7 +370,7 @@ def test_without_zeroconf_the_default_logs_one_line_and_serves(lab, tmp_path):
         lines = [line for line in server.log().splitlines() if "python-zeroconf" in line]
         assert len(lines) == 1
         assert "not announced on the lab network: python-zeroconf is not installed" in lines[0]
-        assert "pip install 'modserver[discovery]'" in lines[0]
+        assert "pip install '.[discovery]'" in lines[0]
         assert server.process.poll() is None
 
 

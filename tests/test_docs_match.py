@@ -42,3 +42,22 @@ def test_the_example_readmes_log_lines_are_what_the_server_prints(tmp_path):
         )
     finally:
         srv.stop()
+
+
+def newcomer_texts() -> dict:
+    texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    texts += sorted((ROOT / "modserver").glob("*.py"))
+    return {path.relative_to(ROOT).as_posix(): path.read_text() for path in texts}
+
+
+def test_install_lines_work_in_a_checkout():
+    """modserver is installed from its checkout: 'modserver[discovery]' would ask PyPI."""
+    for name, text in newcomer_texts().items():
+        assert "pip install 'modserver[" not in text, name
+    assert "pip install '.[discovery]'" in (ROOT / "README.md").read_text()
+
+
+def test_the_readme_says_a_line_that_is_not_json_gets_a_json_reply():
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "gets a plain reply" not in readme
+    assert "(`hello there`) gets a one-line JSON error reply, not URL-encoded," in readme

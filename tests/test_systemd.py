@@ -107,3 +107,24 @@ def test_socket_activation_with_the_shipped_command_line(tmp_path):
             raise
     assert code == -signal.SIGTERM, srv.log()
     assert "Server Shut Down." in srv.log()
+
+
+def header_commands(name: str) -> list[str]:
+    """The commands a unit's header comment tells the reader to run."""
+    return [
+        line[1:].strip()
+        for line in (UNITS / name).read_text().splitlines()
+        if line.startswith("#   ")
+    ]
+
+
+@pytest.mark.parametrize("name", ["modserver.socket", "modserver.service"])
+def test_each_units_header_gives_the_steps_docs_operating_gives(name):
+    docs = (UNITS.parent.parent / "docs" / "operating.md").read_text()
+    steps = docs[docs.index("## Running under systemd") :]
+    steps = steps[steps.index("```\n") + 4 : steps.index("\n```", steps.index("```\n") + 4)]
+    documented = [line.replace("examples/systemd/", "") for line in steps.splitlines()]
+    assert "sudo systemd-analyze verify /etc/systemd/system/modserver.{socket,service}" in (
+        header_commands(name)
+    )
+    assert header_commands(name)[: len(documented)] == documented

@@ -143,7 +143,7 @@ def test_announce_without_zeroconf_exits_saying_what_to_install(tmp_path, monkey
         tap.makeService(options("--config", str(config), "--announce"), FakeReactor())
     assert str(caught.value) == (
         "modserver: --announce needs python-zeroconf, which is not installed: "
-        "pip install 'modserver[discovery]' (or pip install zeroconf)"
+        "pip install '.[discovery]' in modserver's checkout (or pip install zeroconf)"
     )
     no_announce = tap.makeService(options("--config", str(config)), FakeReactor())
     assert no_announce.settings.announce is None  # the default carries on without it
