@@ -32,10 +32,13 @@ from twisted.internet.protocol import Factory
 
 from modserver import binary, wire
 from modserver.client import (
+    ANSWER_WAIT,
     DEFAULT_HOST,
     DEFAULT_PORT,
+    DEFAULT_TIMEOUT,
     LEASE,
-    ORIGINAL_TIMEOUT,
+    RELOAD_WAIT,
+    UNBOUNDED,
     ClientError,
     ConnectionFailed,
     ReplyTimeout,
@@ -44,11 +47,10 @@ from modserver.client import (
     binary_available,
     client_tls,
     load_discovery,
+    server_bound,
 )
 from modserver.endpoints import is_tls_error, pem_certificates, tls_reason
 from modserver.lines import ChunkedLineReceiver
-
-DEFAULT_TIMEOUT = ORIGINAL_TIMEOUT  # seconds for each answer, unless given
 
 # What sets the client's timeout, named in its ReplyTimeout messages.
 TIMEOUT_OPTION = "timeout= (of the AsyncClient, or of one call)"
@@ -70,6 +72,10 @@ class _LineClient(ChunkedLineReceiver):
 
     def ask(self, message: dict) -> defer.Deferred:
         """Send ``message``; the Deferred fires with the reply's response."""
+        return self.ask_reply(message).addCallback(lambda reply: reply.get("response"))
+
+    def ask_reply(self, message: dict) -> defer.Deferred:
+        """Send ``message``; the Deferred fires with the whole reply (a dict)."""
         waiting = defer.Deferred()
         if self.lost:
             waiting.errback(ConnectionFailed("the connection is closed"))
@@ -137,7 +143,7 @@ class _LineClient(ChunkedLineReceiver):
         elif reply.get("error"):
             waiting.errback(ServerError(str(reply.get("response")), reply.get("traceback") or ""))
         else:
-            waiting.callback(reply.get("response"))
+            waiting.callback(reply)
 
     def connectionLost(self, reason=None) -> None:
         """Every reply still awaited will not come."""
@@ -174,7 +180,12 @@ def tls_options(host: str, ca: str | None = None, cert: str | None = None, key: 
 
 
 class AsyncClient:
-    """A modserver client for Twisted programs; each call opens its own connection."""
+    """A modserver client for Twisted programs; each call opens its own connection.
+
+    Without a ``timeout`` it waits as long as the server will, as
+    ``client.Client`` does: a module's calls as long as its ack says (plus
+    client.NETWORK_MARGIN), the server's other answers ANSWER_WAIT.
+    """
 
     def __init__(
         self,
@@ -204,7 +215,8 @@ class AsyncClient:
         elif tls or tls_ca or tls_cert:
             self.tls = tls_options(host, tls_ca, tls_cert, tls_key)
 
-    async def _connect(self, timeout: float) -> _LineClient:
+    async def _connect(self, timeout: float | None) -> _LineClient:
+        timeout = ANSWER_WAIT if timeout is None else timeout
         endpoint = endpoints.HostnameEndpoint(self.reactor, self.host, self.port, timeout=timeout)
         if self.tls is not None:
             endpoint = endpoints.wrapClientTLS(self.tls, endpoint)
@@ -221,24 +233,39 @@ class AsyncClient:
                 ) from None
             raise ConnectionFailed(f"cannot connect to modserver at {where}: {exc}") from None
 
-    async def _ask(self, proto: _LineClient, message: dict, what: str, timeout: float):
-        answer = proto.ask(message)
-        answer.addTimeout(timeout, self.reactor)
+    async def _ask(
+        self,
+        proto: _LineClient,
+        message: dict,
+        what: str,
+        timeout: float,
+        bound: str | None = None,
+        whole: bool = False,
+    ):
+        """The reply's response (``whole``: the reply), within ``timeout``
+        (UNBOUNDED: no bound); ``bound`` says where the timeout came from."""
+        answer = proto.ask_reply(message) if whole else proto.ask(message)
+        if timeout != UNBOUNDED:
+            answer.addTimeout(timeout, self.reactor)
         try:
             return await answer
         except defer.TimeoutError:
             proto.transport.loseConnection()
+            if bound:
+                source = f"{bound}; {TIMEOUT_OPTION} sets another"
+            else:
+                source = f"the client's timeout, which {TIMEOUT_OPTION} sets"
             raise ReplyTimeout(
                 f"no reply from modserver at {self.host}:{self.port} within {timeout:g} s "
-                f"while {what}: the client's timeout, which {TIMEOUT_OPTION} sets; a call "
-                "already running goes on in the module"
+                f"while {what}: {source}; a call already running goes on in the module"
             ) from None
 
-    def _hello(self, name: str, what: str) -> defer.Deferred:
+    def _hello(self, name: str, what: str, wait: float = ANSWER_WAIT) -> defer.Deferred:
         async def run():
             proto = await self._connect(self.timeout)
             try:
-                return await self._ask(proto, {"name": name}, what, self.timeout)
+                timeout = wait if self.timeout is None else self.timeout
+                return await self._ask(proto, {"name": name}, what, timeout)
             finally:
                 proto.transport.loseConnection()
 
@@ -262,7 +289,9 @@ class AsyncClient:
     def reload(self, module: str = "") -> defer.Deferred:
         """Restart ``module``'s worker (no name: re-read the config); fails for no such module."""
         encoded = wire.quote_plus(module.encode("utf-8")).decode("ascii")
-        answer = self._hello("_reload_" + encoded, f"waiting for the reload of {module!r}")
+        answer = self._hello(
+            "_reload_" + encoded, f"waiting for the reload of {module!r}", RELOAD_WAIT
+        )
 
         def check(text):
             if module and text == f'Failed to find module "{module}"':
@@ -290,14 +319,29 @@ class AsyncClient:
 
         async def run():
             proto = await self._connect(self.timeout)
+            hello = {"name": module}
+            if self.timeout is None:
+                hello["answer_within"] = True  # (ext) the ack says how long calls may take
             try:
-                await self._ask(
-                    proto, {"name": module}, f"waiting for {module} to acknowledge", self.timeout
+                ack = await self._ask(
+                    proto,
+                    hello,
+                    f"waiting for {module} to acknowledge",
+                    ANSWER_WAIT if self.timeout is None else self.timeout,
+                    whole=True,
                 )
             except BaseException:
                 proto.transport.loseConnection()
                 raise
-            return AsyncSession(self, module, proto)
+            if ack.get("response") != "ack":
+                proto.transport.loseConnection()
+                raise ClientError(
+                    f"unexpected answer to the hello for {module}: {ack.get('response')!r}"
+                )
+            session = AsyncSession(self, module, proto)
+            if self.timeout is None:
+                session.wait, session.bound = server_bound(ack)
+            return session
 
         return defer.Deferred.fromCoroutine(run())
 
@@ -461,7 +505,8 @@ class AsyncLease:
 
     async def take(self) -> dict:
         """Take the lease (waiting up to ``wait`` s) and start renewing it."""
-        timeout = self.wait + self.client.timeout
+        # Without the client's timeout the server bounds the wait (its _lease answers).
+        timeout = None if self.client.timeout is None else self.wait + self.client.timeout
         self.info = await self.client.lease_request(
             "take", self.module, self.seconds, self.wait, timeout=timeout
         )
@@ -490,15 +535,23 @@ class AsyncSession:
         self.client = client
         self.module = module
         self._proto = proto
+        # Without the client's timeout: how long the server said a call may take.
+        self.wait, self.bound = UNBOUNDED, None
 
     def call(
         self, function: str, *args, timeout: float | None = None, keep_alive: bool = True
     ) -> defer.Deferred:
         """Call ``function(*args)`` on the module; fires with its result."""
         request = {"function": function, "args": list(args), "keep_alive": keep_alive}
-        wait = self.client.timeout if timeout is None else timeout
+        wait, bound = timeout, None
+        if wait is None:
+            wait = self.client.timeout
+        if wait is None:
+            wait, bound = self.wait, self.bound
         what = f"waiting for {self.module}.{function}()"
-        return defer.Deferred.fromCoroutine(self.client._ask(self._proto, request, what, wait))
+        return defer.Deferred.fromCoroutine(
+            self.client._ask(self._proto, request, what, wait, bound)
+        )
 
     def __getattr__(self, function: str):
         if function.startswith("_"):
@@ -546,7 +599,8 @@ class AsyncLab:
     async def _located(self, module: str):
         if self._finder is None:  # opening zeroconf's sockets blocks too
             finder = functools.partial(self.discovery.Finder, tls=self._tls)
-            self._finder = await self._in_thread(finder, self.wait, self.timeout)
+            finding = self.discovery.DEFAULT_TIMEOUT if self.timeout is None else self.timeout
+            self._finder = await self._in_thread(finder, self.wait, finding)
         return await self._in_thread(self._finder.locate, module)
 
     def client(self, module: str) -> defer.Deferred:

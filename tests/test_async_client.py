@@ -7,7 +7,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 
 from modserver.async_client import AsyncClient, AsyncSession
-from modserver.client import ConnectionFailed, ReplyTimeout, ServerError
+from modserver.client import NETWORK_MARGIN, ConnectionFailed, ReplyTimeout, ServerError
 from tests.helpers import ServerProcess, free_port
 
 CONFIG = {"basic": ["basic", "Basic", None], "dispatcher": ["dispatcher", "Dispatcher", "handle"]}
@@ -150,3 +150,27 @@ async def test_watch_with_a_callback_and_a_refused_watch(lab):
         await bounded(refused.__anext__())
     with pytest.raises(ServerError, match='BadRequest: "every"'):
         await bounded(lab.watch("basic", "add", 1, 1, every=-1).done)
+
+
+@pytest.fixture(scope="module")
+def timed_server(tmp_path_factory):
+    config = {"pm": {"module": "lifecycle", "entry": "Life", "timeout": 3, "queue_wait": 20}}
+    with ServerProcess(tmp_path_factory.mktemp("async-timed"), config).start() as srv:
+        yield srv
+
+
+@pytest_twisted.ensureDeferred
+async def test_by_default_a_call_waits_for_the_servers_own_answer(timed_server):
+    lab = AsyncClient("127.0.0.1", timed_server.port)
+    assert lab.timeout is None
+    with pytest.raises(ServerError) as caught:
+        await bounded(lab.com("pm", "hang"))
+    assert caught.value.reason.startswith("Timeout: pm.hang did not answer within 3 s")
+    session = await bounded(lab.session("pm"))
+    try:
+        assert session.wait == 3 + 20 + NETWORK_MARGIN
+        assert await bounded(session.sleep(0.1)) == 0.1  # the restarted worker
+    finally:
+        session.close()
+    with pytest.raises(ReplyTimeout, match="within 0.3 s"):  # a timeout given wins
+        await bounded(lab.com("pm", "sleep", 2, timeout=0.3))
