@@ -1316,7 +1316,8 @@ def status_table(status: dict) -> str:
             errors.append("%s: %s" % (name, _short(error.get("reason", ""), 100)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(STATUS_COLUMNS))]
     for row in rows:
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        cells = [cell.ljust(width) for cell, width in zip(row, widths)]  # noqa: B905 (3.7)
+        lines.append("  ".join(cells).rstrip())
     if errors:
         lines.append("last errors (status NAME --json for the tracebacks):")
         lines.extend("  " + error for error in errors)

@@ -143,7 +143,7 @@ class Options(usage.Options):
         "bundled demo modules if there is none."
     )
 
-    def getUsage(self, width: int | None = None) -> str:
+    def getUsage(self, width: int | None = None) -> str:  # noqa: N802 - Twisted's name
         """Twisted's usage text, then the endpoint examples, each whole on its line
         (Twisted's wrapping would cut them in the middle)."""
         return super().getUsage(width) + ENDPOINT_EXAMPLES

@@ -203,9 +203,7 @@ def _finite(value):
     return value
 
 
-def reply_body(
-    response, error: bool = False, traceback: str = "", plain: bool = False, extra=None
-):
+def reply_body(response, error: bool = False, traceback: str = "", plain: bool = False, extra=None):
     """Encode a reply without its newline (the caller writes that separately).
 
     NaN and infinities become null: JSON has no such numbers, and MATLAB's

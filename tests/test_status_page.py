@@ -29,11 +29,11 @@ from tests.helpers import (
 )
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.common.exceptions import (  # noqa: E402
     NoSuchElementException,
     StaleElementReferenceException,
 )
+from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -111,8 +111,20 @@ return [...document.querySelectorAll('tr[data-module]')].map(row => {
   return [row.dataset.module, cells];
 });
 """
-CELLS = ("state", "pid", "restarts", "exit", "calls", "errors", "timeouts", "p50", "p99",
-         "queue", "timeout", "countdown")
+CELLS = (
+    "state",
+    "pid",
+    "restarts",
+    "exit",
+    "calls",
+    "errors",
+    "timeouts",
+    "p50",
+    "p99",
+    "queue",
+    "timeout",
+    "countdown",
+)
 
 
 def table(browser) -> dict:
