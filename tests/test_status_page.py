@@ -127,9 +127,9 @@ CELLS = (
 )
 
 
-def table(browser) -> dict:
+def table(browser, cells=CELLS) -> dict:
     """The modules' table as the page shows it now: {module: {cell: text}}, in page order."""
-    return dict(browser.execute_script(_READ_TABLE, CELLS))
+    return dict(browser.execute_script(_READ_TABLE, list(cells)))
 
 
 def waiting(browser, timeout: float = 20) -> WebDriverWait:
@@ -150,7 +150,7 @@ def steady(browser, read):
 
 def cell(browser, module: str, name: str) -> str:
     """One cell's text; "" while the module has no row."""
-    return (table(browser).get(module) or {}).get(name) or ""
+    return (table(browser, (name,)).get(module) or {}).get(name) or ""
 
 
 def click(browser, selector: str) -> None:
