@@ -245,6 +245,8 @@ class AsyncClient:
         """The reply's response (``whole``: the reply), within ``timeout``
         (UNBOUNDED: no bound); ``bound`` says where the timeout came from."""
         answer = proto.ask_reply(message) if whole else proto.ask(message)
+        if timeout is None:  # no timeout given: a prompt answer is expected
+            timeout = ANSWER_WAIT
         if timeout != UNBOUNDED:
             answer.addTimeout(timeout, self.reactor)
         try:

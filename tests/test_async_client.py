@@ -174,3 +174,8 @@ async def test_by_default_a_call_waits_for_the_servers_own_answer(timed_server):
         session.close()
     with pytest.raises(ReplyTimeout, match="within 0.3 s"):  # a timeout given wins
         await bounded(lab.com("pm", "sleep", 2, timeout=0.3))
+    watch = lab.watch("pm", "sleep", 0.01, every=0.1)  # its hello too, without a timeout
+    async for _, value in watch:
+        assert value == 0.01
+        watch.close()
+    assert await bounded(watch.done) is None

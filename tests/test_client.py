@@ -210,6 +210,8 @@ def test_by_default_a_call_waits_for_the_servers_own_answer(timed_server):
     assert caught.value.reason.startswith("Timeout: pm.hang did not answer within 5 s")
     assert 4.5 < time.monotonic() - started < 20
     assert lab.com("pm", "sleep", 0.1) == 0.1  # the restarted worker
+    with lab.watch("pm", "sleep", 0.01, every=0.1) as watch:  # its hello too
+        assert next(iter(watch))[1] == 0.01
 
 
 def test_a_session_waits_as_long_as_the_server_said(timed_server):
