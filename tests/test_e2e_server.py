@@ -398,9 +398,12 @@ def test_an_unopenable_json_log_is_one_line_before_anything_starts(tmp_path):
     output = result.stderr + result.stdout
     assert result.returncode == 2, output
     assert "Traceback" not in output
-    assert [line for line in output.splitlines() if "modserver:" in line] == [
-        f"modserver: cannot open --json-log {where}: Not a directory"
-    ]
+    said = [line for line in output.splitlines() if "modserver:" in line]
+    # One line naming the file, and the system's own reason (its words vary:
+    # "Not a directory" on Linux).
+    assert len(said) == 1 and said[0].startswith(f"modserver: cannot open --json-log {where}: ")
+    if sys.platform.startswith("linux"):
+        assert said[0].endswith(": Not a directory")
     assert "listening on" not in output and "starting worker" not in output
 
 
