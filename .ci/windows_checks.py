@@ -191,14 +191,20 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        threading.Thread(target=self._read, daemon=True).start()
-        wait_for(
-            lambda: f"listening on 127.0.0.1:{self.port}" in self.log(), "the server to listen", 60
-        )
+        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+        wait_for(self._listening, "the server to listen", 90)
 
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.output.append(line.decode("utf-8", "replace"))
+    def _listening(self) -> bool:
+        if f"listening on 127.0.0.1:{self.port}" in self.log():
+            return True
+        if self.process.poll() is not None:
+            raise Failed(f"the server exited (status {self.process.returncode}) before listening")
+        return False
+
+    def _read(self, process) -> None:
+        for line in process.stdout:
+            if process is self.process:  # not what an earlier run's wineserver still writes
+                self.output.append(line.decode("utf-8", "replace"))
 
     def log(self) -> str:
         return "".join(self.output)
@@ -382,13 +388,33 @@ def venv_check(python: str, work: Path, port: int, source: Path) -> str:
         venv_python, work, port, "venv", ["-c", "from twisted.scripts.twistd import run; run()"]
     )
     try:
-        server.start()
+        try:
+            server.start()
+        except Failed as exc:
+            # Wine now and then loses a process start (CreateProcess fails,
+            # or the new wineserver is not ready): say so, try once more.
+            print(
+                f"  (the venv's server did not start: {exc}; its log:\n{server.log()}"
+                "  trying once more)",
+                flush=True,
+            )
+            server.stop()
+            server.output.clear()
+            server.start()
         prefix = server.value("wcheck", "prefix")
         assert prefix.lower() == windows_path(venv).lower(), (prefix, windows_path(venv))
         assert "site-packages" in server.value("wcheck", "modserver_from").lower()
+    except (Failed, AssertionError) as exc:
+        raise Failed(f"{exc!r}\n--- the venv's server log ---\n{server.log()}") from None
     finally:
         server.stop()
     return f"a server run from a virtual environment gives its workers that environment ({prefix})"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def main() -> int:
@@ -413,9 +439,7 @@ def main() -> int:
             }
         )
     )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     mark = f"modserver-wine-check-{os.getpid()}"
     server = Server(options.twistd, work, port, mark)
     started = time.monotonic()
@@ -423,18 +447,19 @@ def main() -> int:
         server.start()
         for done in checks(server, options.twistd):
             print(f"  ok {time.monotonic() - started:5.1f} s  {done}", flush=True)
-        if options.venv:
-            (work / "wcheck.py").write_text(MODULE)
-            print(
-                f"  ok {time.monotonic() - started:5.1f} s  "
-                f"{venv_check(options.python, work, port, options.venv)}",
-                flush=True,
-            )
     except (Failed, AssertionError, subprocess.SubprocessError) as exc:
         print(f"FAILED: {exc!r}\n--- server log ---\n{server.log()}", file=sys.stderr)
         return 1
     finally:
         server.stop()
+    if options.venv:
+        (work / "wcheck.py").write_text(MODULE)
+        try:
+            done = venv_check(options.python, work, free_port(), options.venv)
+        except (Failed, subprocess.SubprocessError) as exc:
+            print(f"FAILED: {exc}", file=sys.stderr)
+            return 1
+        print(f"  ok {time.monotonic() - started:5.1f} s  {done}", flush=True)
     return 0
 
 
