@@ -36,13 +36,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from modserver import discovery  # noqa: E402
+from modserver.lab import discovery  # noqa: E402
 from tests.netns import LabNetwork  # noqa: E402
 
 NAME = "bench-pc"
 WATCHER = """
 import json, sys, time
-from modserver import discovery
+from modserver.lab import discovery
 def news(name, gone):
     print(json.dumps({"at": time.time(), "name": name, "gone": gone}), flush=True)
 browser = discovery.Browser(on_change=news)

@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from modserver import wire  # noqa: E402
+from modserver.wire import codec as wire  # noqa: E402
 
 BENCH = HERE / "bench_module.py"
 MB = 1_000_000
@@ -396,7 +396,7 @@ def bench_line_receiver(size: int = 16 * 1024 * 1024, piece: int = 65536) -> dic
     from twisted.internet.testing import StringTransport
     from twisted.protocols.basic import LineReceiver
 
-    from modserver.lines import ChunkedLineReceiver
+    from modserver.net.lines import ChunkedLineReceiver
 
     class Ours(ChunkedLineReceiver):
         MAX_LENGTH = size * 2

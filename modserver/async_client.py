@@ -30,7 +30,6 @@ import json
 from twisted.internet import defer, endpoints, error, ssl, task, threads
 from twisted.internet.protocol import Factory
 
-from modserver import binary, wire
 from modserver.client import (
     ANSWER_WAIT,
     DEFAULT_HOST,
@@ -49,8 +48,10 @@ from modserver.client import (
     load_discovery,
     server_bound,
 )
-from modserver.endpoints import is_tls_error, pem_certificates, tls_reason
-from modserver.lines import ChunkedLineReceiver
+from modserver.net.endpoints import is_tls_error, pem_certificates, tls_reason
+from modserver.net.lines import ChunkedLineReceiver
+from modserver.wire import binary
+from modserver.wire import codec as wire
 
 # What sets the client's timeout, named in its ReplyTimeout messages.
 TIMEOUT_OPTION = "timeout= (of the AsyncClient, or of one call)"

@@ -34,8 +34,8 @@ import threading
 import time
 
 try:  # the package's fast codec, when the package is installed
-    from modserver.wire import quote_plus as _quote
-    from modserver.wire import unquote_plus as _unquote
+    from modserver.wire.codec import quote_plus as _quote
+    from modserver.wire.codec import unquote_plus as _unquote
 except ImportError:  # this file on its own
     import urllib.parse
 
@@ -47,7 +47,7 @@ except ImportError:  # this file on its own
 
 
 try:  # arrays and bytes as binary segments: with the package and numpy only
-    from modserver import binary as _binary
+    from modserver.wire import binary as _binary
 except ImportError:  # this file on its own: JSON, as the original
     _binary = None
 
@@ -913,7 +913,7 @@ class Lab:
 def load_discovery():
     """modserver.discovery, once zeroconf is known to be there."""
     try:
-        from modserver import discovery
+        from modserver.lab import discovery
     except ImportError:  # this file copied on its own
         raise ClientError(
             "finding servers on the lab network needs the modserver package and "

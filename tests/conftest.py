@@ -3,7 +3,7 @@
 import pytest
 from hypothesis import HealthCheck, settings
 
-from modserver import platforms
+from modserver.worker import platforms
 from tests import wine
 
 # Properties here are about values, never about speed: a per-example

@@ -10,10 +10,11 @@ from twisted.internet import error
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
-from modserver import channel, platforms
-from modserver.calls import Call, CallSink
-from modserver.config import ModuleSpec
-from modserver.supervisor import ModuleSupervisor, WorkerSettings
+from modserver.server.config import ModuleSpec
+from modserver.supervision.calls import Call, CallSink
+from modserver.supervision.supervisor import ModuleSupervisor, WorkerSettings
+from modserver.wire import channel
+from modserver.worker import platforms
 
 
 class FakeProcessTransport:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from modserver import platforms
+from modserver.worker import platforms
 from tests import wine
 
 MODULES_DIR = Path(__file__).parent / "modules"

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from modserver.access import AccessPolicy, Identity, parse_rule, parse_rules
-from modserver.config import parse_config
-from modserver.refusals import RefusalTally
+from modserver.server.access import AccessPolicy, Identity, parse_rule, parse_rules
+from modserver.server.config import parse_config
+from modserver.server.refusals import RefusalTally
 
 
 def policy(allow=("local",), admin=("loopback",), local=(), clock=lambda: 0.0):

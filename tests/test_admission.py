@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 from twisted.internet import task
 
-from modserver.admission import (
+from modserver.supervision.admission import (
     ByteBudget,
     ConnectionLimits,
     QueueRules,
@@ -20,7 +20,7 @@ from modserver.admission import (
     backoff_refusal,
     connection_limit,
 )
-from modserver.lifecycle import State
+from modserver.supervision.lifecycle import State
 from tests.fakes import make_call, make_supervisor
 
 

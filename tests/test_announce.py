@@ -14,9 +14,9 @@ import pytest
 from twisted.internet import defer, task
 from twisted.logger import formatEvent, globalLogPublisher
 
-from modserver import announce, discovery
-from modserver.announce import Announcer, BoundPort, NothingToAnnounce
-from modserver.service import ServerSettings
+from modserver.lab import announce, discovery
+from modserver.lab.announce import Announcer, BoundPort, NothingToAnnounce
+from modserver.server.service import ServerSettings
 
 LOCAL = ["127.0.0.1", "10.0.0.5", "192.168.1.7", "::1", "fe80::1%2", "2001:db8::5"]
 

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from twisted.internet.testing import StringTransport
 
-from modserver import binary
-from modserver.lines import ChunkedLineReceiver
+from modserver.net.lines import ChunkedLineReceiver
+from modserver.wire import binary
 
 REBUILD = binary.numpy_rebuild(np)
 

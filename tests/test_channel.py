@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modserver import channel
+from modserver.wire import channel
 
 
 class Recorder:

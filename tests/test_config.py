@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from modserver.config import ConfigError, ModuleSpec, parse_config, read_config
+from modserver.server.config import ConfigError, ModuleSpec, parse_config, read_config
 
 
 def parse(obj, which=lambda path: path if os.path.isabs(path) else None):

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from modserver.access import Identity
-from modserver.controls import ControlRequest, parse_action, refusal
+from modserver.server.access import Identity
+from modserver.web.controls import ControlRequest, parse_action, refusal
 
 TOKEN = "s3cret-token"
 GOOD = ControlRequest(

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from modserver import client, discovery
-from modserver.discovery import AmbiguousModule, Listing, ModuleNotFound, Server
+from modserver import client
+from modserver.lab import discovery
+from modserver.lab.discovery import AmbiguousModule, Listing, ModuleNotFound, Server
 
 FULL = "lasers on pc1._modserver._tcp.local."
 

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from modserver.announce import host_label
+from modserver.lab.announce import host_label
 from tests.helpers import ServerProcess, modserver_command, wait_for
 from tests.netns import LabNetwork
 
@@ -206,7 +206,7 @@ def test_a_module_two_servers_offer_is_an_error_naming_both(lab, servers):
         """
         import json
         from modserver.client import Lab
-        from modserver.discovery import AmbiguousModule
+        from modserver.lab.discovery import AmbiguousModule
         try:
             Lab().com("echo", "echo", 1)
         except AmbiguousModule as exc:

@@ -46,7 +46,7 @@ def test_the_example_readmes_log_lines_are_what_the_server_prints(tmp_path):
 
 def newcomer_texts() -> dict:
     texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-    texts += sorted((ROOT / "modserver").glob("*.py"))
+    texts += sorted((ROOT / "modserver").rglob("*.py"))
     return {path.relative_to(ROOT).as_posix(): path.read_text() for path in texts}
 
 
@@ -61,3 +61,67 @@ def test_the_readme_says_a_line_that_is_not_json_gets_a_json_reply():
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert "gets a plain reply" not in readme
     assert "(`hello there`) gets a one-line JSON error reply, not URL-encoded," in readme
+
+
+def test_the_readme_maps_every_file_of_the_package():
+    """README's "How it works" names every subpackage and module: a newcomer's map."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## How it works") :]
+    package = ROOT / "modserver"
+    for folder in sorted(p for p in package.iterdir() if (p / "__init__.py").is_file()):
+        assert f"├── {folder.name}/" in section or f"└── {folder.name}/" in section, folder
+        if folder.name == "demo":
+            continue
+        for module in folder.glob("*.py"):
+            if module.stem != "__init__":
+                assert re.search(rf"\b{module.stem}\b", section), module
+    for module in package.glob("*.py"):
+        if module.stem != "__init__":
+            assert f"{module.name}" in section, module
+
+
+def test_every_subpackage_says_what_belongs_in_it_and_what_it_may_import():
+    import ast
+
+    for init in sorted((ROOT / "modserver").glob("*/__init__.py")):
+        if init.parent.name == "demo":
+            continue
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert "What belongs here" in doc and "What it may import" in doc, init
+
+
+# What each subpackage may import of the package (beyond itself), as its
+# docstring says; the server's own folder may import anything.
+MAY_IMPORT = {
+    "wire": set(),
+    "net": {"wire"},
+    "worker": {"supervision.winjobs"},  # only inside the server-side spawn (see worker/)
+    "supervision": {"wire", "net", "worker.platforms", "server.config", "server.logs"},
+    "web": {"wire", "supervision", "server.access"},
+    "lab": {"client", "server.logs", "server.listeners"},
+}
+
+
+def _package_imports(path: Path) -> set:
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        found.update(name[len("modserver.") :] for name in names if name.startswith("modserver."))
+    return found
+
+
+def test_each_subpackage_imports_only_what_its_docstring_allows():
+    for folder, allowed in MAY_IMPORT.items():
+        for module in sorted((ROOT / "modserver" / folder).glob("*.py")):
+            for name in _package_imports(module):
+                ok = name.startswith(folder + ".") or any(
+                    name == rule or name.startswith(rule + ".") for rule in allowed
+                )
+                assert ok, f"modserver/{folder}/{module.name} imports modserver.{name}"

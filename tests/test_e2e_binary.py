@@ -173,7 +173,7 @@ def test_the_reply_line_then_the_raw_bytes(server, where):
 
 
 def test_a_url_encoded_binary_exchange(server):
-    from modserver import wire
+    from modserver.wire import codec as wire
 
     with Connection(server.port) as conn:
         conn.send({"name": "arrays", "binary": 1})

@@ -652,7 +652,7 @@ def _line(obj, plain):
 @encodings
 def test_the_reply_encoded_by_the_worker_reaches_the_client_byte_for_byte(port, plain):
     """The server copies the worker's reply; it neither decodes nor re-encodes it."""
-    from modserver import wire
+    from modserver.wire import codec as wire
 
     value = ["é µ+%&=", 1.5, None, {"k": [1, 2]}, "x" * 300_000]
     with Connection(port) as conn:

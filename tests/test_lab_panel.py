@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modserver import web
+from modserver.web import status as web
 
 PEER = {
     "instance": "laser-pc on labpc2",

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 
-from modserver.lines import ChunkedLineReceiver
+from modserver.net.lines import ChunkedLineReceiver
 
 
 class Recorder(ChunkedLineReceiver):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from twisted.internet import task
 from twisted.logger import LogLevel, globalLogPublisher
 
-from modserver import logs, web
-from modserver.budget import Budget
+from modserver.server import logs
+from modserver.web import status as web
+from modserver.worker.budget import Budget
 
 
 def captured(action):

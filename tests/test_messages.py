@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.logger import globalLogPublisher
 
-from modserver import messages
-from modserver.errors import ReplyError
+from modserver.wire import messages
+from modserver.wire.errors import ReplyError
 from tests.test_protocol import Client, FakeServer
 
 # Names the fake server knows, so that hellos reach modules and requests follow.

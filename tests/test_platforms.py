@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from modserver import platforms
+from modserver.worker import platforms
 from tests.helpers import ON_WINDOWS, wait_for
 
 posix_only = pytest.mark.skipif(ON_WINDOWS, reason="POSIX calls (process groups, rlimits)")

@@ -9,13 +9,13 @@ import pytest
 from twisted.internet import address, defer, task
 from twisted.internet.testing import StringTransport
 
-from modserver.access import AccessPolicy, parse_rules
-from modserver.admission import ByteBudget, ConnectionLimits
-from modserver.errors import ReplyError
-from modserver.lifecycle import State
-from modserver.protocol import ClientProtocol
-from modserver.service import ServerSettings
-from modserver.supervisor import LoadFailed
+from modserver.server.access import AccessPolicy, parse_rules
+from modserver.server.protocol import ClientProtocol
+from modserver.server.service import ServerSettings
+from modserver.supervision.admission import ByteBudget, ConnectionLimits
+from modserver.supervision.lifecycle import State
+from modserver.supervision.supervisor import LoadFailed
+from modserver.wire.errors import ReplyError
 
 
 class FakeSupervisor:
@@ -579,7 +579,7 @@ def test_a_waiting_request_holds_its_bytes_until_it_is_sent():
 
 
 def test_connections_past_the_limit_get_one_busy_line_and_are_closed():
-    from modserver.protocol import ClientFactory
+    from modserver.server.protocol import ClientFactory
 
     server = FakeServer()
     server.connections = ConnectionLimits(total=10, per_address=2)

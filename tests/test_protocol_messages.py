@@ -8,8 +8,8 @@ import pytest
 from twisted.internet import address
 from twisted.internet.testing import StringTransport
 
-from modserver import wire
-from modserver.protocol import ClientFactory
+from modserver.server.protocol import ClientFactory
+from modserver.wire import codec as wire
 from tests.test_protocol import Client, FakeServer
 
 

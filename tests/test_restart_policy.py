@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.internet import task
 
-from modserver.lifecycle import RestartPolicy
+from modserver.supervision.lifecycle import RestartPolicy
 
 
 class Module:

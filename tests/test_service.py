@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from modserver import listeners, service
-from modserver.config import read_config
-from modserver.lifecycle import State
-from modserver.service import ModServer, ServerSettings
-from modserver.supervisor import WorkerSettings
+from modserver.server import listeners, service
+from modserver.server.config import read_config
+from modserver.server.service import ModServer, ServerSettings
+from modserver.supervision.lifecycle import State
+from modserver.supervision.supervisor import WorkerSettings
 from tests.fakes import FakeReactor, GroupSignals
 
 LASER = ["laser", "Laser", None]
@@ -62,7 +62,7 @@ def test_the_poll_loop_reloads_a_module_whose_file_changed(tmp_path):
     source.write_text("v1")
     server, reactor, _ = make_server(tmp_path, {"laser": LASER})
     supervisor = server.module("laser")
-    from modserver.watcher import content_digest
+    from modserver.server.watcher import content_digest
 
     supervisor.life.files = {str(source): content_digest(b"v1")}
     reactor.advance(0.5)

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from modserver import stats
-from modserver.stats import ModuleStats, outcome_of, percentile
+from modserver.supervision import stats
+from modserver.supervision.stats import ModuleStats, outcome_of, percentile
 
 
 def test_outcomes_are_counted_and_errors_include_every_failure():

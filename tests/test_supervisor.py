@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from modserver import channel
-from modserver.errors import ReplyError
-from modserver.lifecycle import State, check_transition
-from modserver.supervisor import LoadFailed
+from modserver.supervision.lifecycle import State, check_transition
+from modserver.supervision.supervisor import LoadFailed
+from modserver.wire import channel
+from modserver.wire.errors import ReplyError
 from tests.fakes import RecordingSink, make_call, make_supervisor
 
 

@@ -8,9 +8,10 @@ import sys
 import pytest
 from twisted.python import usage
 
-from modserver import platforms, tap
-from modserver.endpoints import windows_paths_escaped
-from modserver.supervisor import ModuleSupervisor
+from modserver.net.endpoints import windows_paths_escaped
+from modserver.server import tap
+from modserver.supervision.supervisor import ModuleSupervisor
+from modserver.worker import platforms
 from tests.fakes import FakeReactor
 
 

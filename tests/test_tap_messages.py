@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 import modserver
-from modserver.endpoint_help import explain, host_port, systemd_problem
+from modserver.server.endpoint_help import explain, host_port, systemd_problem
 from tests.helpers import modserver_command, twistd_command
 
 UNKNOWN = ValueError("Unknown endpoint type: '0.0.0.0'")

@@ -7,7 +7,8 @@ import os
 import pytest
 from twisted.internet import main
 
-from modserver import platforms, process
+from modserver.supervision import process
+from modserver.worker import platforms
 
 
 def test_worker_pipes_are_read_a_megabyte_at_a_time(tmp_path):

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 import pytest
 from twisted.internet import task
 
-from modserver.admission import QueueRules, WaitingLine
-from modserver.config import ModuleSpec
-from modserver.errors import ReplyError
-from modserver.leases import ModuleLease, parse_request
-from modserver.lifecycle import State
-from modserver.supervisor import WorkerSettings
-from modserver.turns import ARRIVAL, SessionHold, Turns
+from modserver.server.config import ModuleSpec
+from modserver.supervision.admission import QueueRules, WaitingLine
+from modserver.supervision.leases import ModuleLease, parse_request
+from modserver.supervision.lifecycle import State
+from modserver.supervision.supervisor import WorkerSettings
+from modserver.supervision.turns import ARRIVAL, SessionHold, Turns
+from modserver.wire.errors import ReplyError
 from tests.fakes import RecordingSink, make_call, make_supervisor
 
 OK = b'{"response": 1, "error": false, "traceback": ""}'
@@ -351,8 +351,8 @@ class ReadyWorker:
 
 
 def test_the_call_flow_serves_turns_without_a_worker_process():
-    from modserver.call_flow import CallFlow
-    from modserver.stats import ModuleStats
+    from modserver.supervision.call_flow import CallFlow
+    from modserver.supervision.stats import ModuleStats
 
     worker, clock = ReadyWorker(), task.Clock()
     spec = ModuleSpec(name="laser", module="m", entry="E")

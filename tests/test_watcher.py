@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from modserver.watcher import FileWatch, content_digest
+from modserver.server.watcher import FileWatch, content_digest
 
 
 def watched(tmp_path, text="one", read=None):

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 from twisted.internet import task
 
-from modserver.errors import ReplyError
-from modserver.watches import Sample, WatchBoard, check_period
-from modserver.watching import WatchHub
+from modserver.supervision.watches import Sample, WatchBoard, check_period
+from modserver.supervision.watching import WatchHub
+from modserver.wire.errors import ReplyError
 
 
 class FakeModule:

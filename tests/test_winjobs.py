@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 import pytest
 from twisted.logger import globalLogPublisher
 
-from modserver import channel, platforms, process, winjobs
-from modserver.config import ModuleSpec
-from modserver.errors import ReplyError
-from modserver.lifecycle import State
-from modserver.supervisor import ModuleSupervisor, WorkerSettings
+from modserver.server.config import ModuleSpec
+from modserver.supervision import process, winjobs
+from modserver.supervision.lifecycle import State
+from modserver.supervision.supervisor import ModuleSupervisor, WorkerSettings
+from modserver.wire import channel
+from modserver.wire.errors import ReplyError
+from modserver.worker import platforms
 from tests.fakes import FakeReactor, make_call
 from tests.helpers import ON_WINDOWS
 

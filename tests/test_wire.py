@@ -18,7 +18,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from modserver import wire
+from modserver.wire import codec as wire
 
 # --------------------------------------------------------------------------
 # references

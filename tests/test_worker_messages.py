@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from modserver import worker
+from modserver.worker import worker
 
 
 class Instrument:

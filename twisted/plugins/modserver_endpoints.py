@@ -1,5 +1,8 @@
-"""The ``mtls:`` endpoint string (TLS requiring client certificates): see modserver.endpoints."""
+"""The ``mtls:`` endpoint string (TLS requiring client certificates).
 
-from modserver.endpoints import MutualTLSServerParser
+See modserver.net.endpoints.
+"""
+
+from modserver.net.endpoints import MutualTLSServerParser
 
 mtls = MutualTLSServerParser()

@@ -1,10 +1,10 @@
-"""The twistd plugin stub: ``twistd modserver`` (options live in modserver.tap)."""
+"""The twistd plugin stub: ``twistd modserver`` (options live in modserver.server.tap)."""
 
 from twisted.application.service import ServiceMaker
 
 modserver = ServiceMaker(
     "modserver",
-    "modserver.tap",
+    "modserver.server.tap",
     "Lab hardware module server (ModuleServer compatible)",
     "modserver",
 )
