@@ -1386,4 +1386,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    if __spec__ is not None and __spec__.name == "modserver.client":
+        # python -m modserver.client: this module is the package's client, so
+        # what discovery raises (modserver.client's errors) is caught here.
+        sys.modules.setdefault("modserver.client", sys.modules[__name__])
     sys.exit(main())
