@@ -125,3 +125,22 @@ def test_each_subpackage_imports_only_what_its_docstring_allows():
                     name == rule or name.startswith(rule + ".") for rule in allowed
                 )
                 assert ok, f"modserver/{folder}/{module.name} imports modserver.{name}"
+
+
+def test_every_import_of_the_package_inside_it_resolves():
+    """Lazy imports too (inside functions), which only run on some paths."""
+    import ast
+    import importlib
+
+    for path in sorted((ROOT / "modserver").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module):
+                continue
+            if node.module.split(".")[0] != "modserver":
+                continue
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                found = hasattr(module, alias.name) or importlib.util.find_spec(
+                    f"{node.module}.{alias.name}"
+                )
+                assert found, f"{path.relative_to(ROOT)}: from {node.module} import {alias.name}"

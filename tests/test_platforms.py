@@ -114,13 +114,13 @@ def test_the_file_limit_is_raised_to_the_hard_limit():
     script = (
         "import resource, sys\n"
         "sys.path.insert(0, sys.argv[1])\n"
-        "from modserver import platforms\n"
+        "from modserver.worker import platforms\n"
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
         "raised = platforms.Posix().raise_fd_limit()\n"
         "print(raised, resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)\n"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(platforms.__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(platforms.__file__))))
     result = subprocess.run(
         [sys.executable, "-c", script, root], capture_output=True, text=True, timeout=30
     )

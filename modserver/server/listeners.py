@@ -40,7 +40,7 @@ def security(description: str) -> str:
 def page_urls(host: str, port: int, local: list[str] | None = None) -> list[str]:
     """The status page's URLs for a listener bound to ``host``: for a wildcard
     (0.0.0.0, ::), localhost and this PC's addresses (``local``: all of them)."""
-    from modserver import announce  # (which imports this module)
+    from modserver.lab import announce  # (which imports this module)
 
     def url(address: str) -> str:
         return f"http://[{address}]:{port}/" if ":" in address else f"http://{address}:{port}/"
