@@ -113,3 +113,24 @@ def test_the_worker_loads_only_the_standard_library_and_its_own_files(tmp_path):
         "budget": PACKAGE / "worker" / "budget.py",
         "platforms": PACKAGE / "worker" / "platforms.py",
     }
+
+
+def test_every_test_the_windows_run_names_exists():
+    """.ci/windows_tests.txt: a name that went stale would fail the Windows run late."""
+    listed = [
+        line.strip()
+        for line in (ROOT / ".ci" / "windows_tests.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert listed
+    for entry in listed:
+        path, _, function = entry.partition("::")
+        assert (ROOT / path).is_file(), entry
+        if function:
+            tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+            names = {
+                node.name
+                for node in tree.body
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            }
+            assert function in names, entry
