@@ -124,6 +124,7 @@ def test_every_test_the_windows_run_names_exists():
     ]
     assert listed
     for entry in listed:
+        entry = entry.removeprefix("not ")  # left out of a file named in full
         path, _, function = entry.partition("::")
         assert (ROOT / path).is_file(), entry
         if function:

@@ -77,7 +77,7 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
     reply, in the encoding of its first line, and is closed.
     """
 
-    log = Logger(namespace="modserver.protocol.ClientProtocol")  # the namespace logs are filtered by
+    log = Logger(namespace="modserver.protocol.ClientProtocol")  # as logs are filtered
 
     def __init__(self, server: ModServer) -> None:
         self.server = server
