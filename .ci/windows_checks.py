@@ -255,8 +255,16 @@ class Server:
             self.process.wait(10)
 
 
-def no_process_left(mark_lines) -> bool:
-    return not [line for _pid, line in wine_processes() if any(m in line for m in mark_lines)]
+def leftovers(marks) -> list:
+    return [(pid, line) for pid, line in wine_processes() if any(m in line for m in marks)]
+
+
+def wait_until_gone(marks, what: str, timeout: float = 60.0) -> None:
+    """Wine may take a while to end a process under load; a bound, then what is left."""
+    try:
+        wait_for(lambda: not leftovers(marks), what, timeout)
+    except Failed as exc:
+        raise Failed(f"{exc}; still there: {leftovers(marks)}") from None
 
 
 def checks(server: Server, twistd: str) -> None:
@@ -335,7 +343,7 @@ def checks(server: Server, twistd: str) -> None:
         raise Failed("the server did not stop within 30 s of Ctrl-C") from None
     exited = sorted(p.name for p in server.work.glob("exited-*"))
     assert exited == ["exited-wcheck", "exited-wobserver", "exited-wthird"], exited
-    wait_for(lambda: no_process_left(["worker.py w", server.mark]), "every worker to be gone", 15)
+    wait_until_gone(["worker.py w", server.mark], "every worker to be gone")
     yield f"Ctrl-C: every module's __exit__ ran, nothing left (twistd exit status {code})"
 
     for leftover in server.work.glob("exited-*"):
@@ -345,9 +353,7 @@ def checks(server: Server, twistd: str) -> None:
     wait_for(lambda: server.status("wthird")["state"] == "ready", "the modules to start")
     server.value("wcheck", "spawn_child")
     os.kill(server.server_pid(), signal.SIGKILL)
-    wait_for(
-        lambda: no_process_left(["worker.py w", server.mark]), "every worker and child to end", 30
-    )
+    wait_until_gone(["worker.py w", server.mark], "every worker and child to end")
     assert not list(server.work.glob("exited-*"))
     yield "a hard kill of the server ends every worker and what they started (kill on close)"
 
