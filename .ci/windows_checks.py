@@ -255,6 +255,11 @@ class Server:
             self.process.wait(10)
 
 
+# The workers of these checks, by their command lines' ends (not any worker
+# on the machine whose module's name starts with a w).
+OUR_WORKERS = ["worker.py wcheck", "worker.py wobserver", "worker.py wthird"]
+
+
 def leftovers(marks) -> list:
     return [(pid, line) for pid, line in wine_processes() if any(m in line for m in marks)]
 
@@ -343,7 +348,7 @@ def checks(server: Server, twistd: str) -> None:
         raise Failed("the server did not stop within 30 s of Ctrl-C") from None
     exited = sorted(p.name for p in server.work.glob("exited-*"))
     assert exited == ["exited-wcheck", "exited-wobserver", "exited-wthird"], exited
-    wait_until_gone(["worker.py w", server.mark], "every worker to be gone")
+    wait_until_gone([*OUR_WORKERS, server.mark], "every worker to be gone")
     yield f"Ctrl-C: every module's __exit__ ran, nothing left (twistd exit status {code})"
 
     for leftover in server.work.glob("exited-*"):
@@ -353,7 +358,7 @@ def checks(server: Server, twistd: str) -> None:
     wait_for(lambda: server.status("wthird")["state"] == "ready", "the modules to start")
     server.value("wcheck", "spawn_child")
     os.kill(server.server_pid(), signal.SIGKILL)
-    wait_until_gone(["worker.py w", server.mark], "every worker and child to end")
+    wait_until_gone([*OUR_WORKERS, server.mark], "every worker and child to end")
     assert not list(server.work.glob("exited-*"))
     yield "a hard kill of the server ends every worker and what they started (kill on close)"
 
