@@ -9,7 +9,10 @@ the default log level (an access line per call, as an operator runs it),
 and times a fresh-connection hello and then ``--calls`` keep-alive
 ``echo(1)`` calls on that connection.  The other revision is exported with
 ``git archive`` into a temporary directory and put first on PYTHONPATH, so
-its server and worker code run; the bench module is this checkout's.
+its server and worker code run (checked before the first round: each
+server's ``modserver`` package must come from its own tree); the bench
+module is this checkout's.  ``--log-level warn`` leaves the access lines
+out.
 Printed: each round's p50 per checkout, then the median of the rounds and
 their ratio.
 """
@@ -20,6 +23,7 @@ import argparse
 import os
 import statistics
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -46,6 +50,30 @@ def cpu_seconds(pid: int) -> float:
     """User and system CPU time of process ``pid`` so far (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def imported_from(source: Path | None) -> Path:
+    """Where a server started with ``source`` first on PYTHONPATH (None: this
+    checkout's environment) imports the ``modserver`` package from."""
+    env = None if source is None else {**os.environ, "PYTHONPATH": str(source)}
+    with tempfile.TemporaryDirectory() as cwd:  # twistd runs in a directory of its own
+        found = subprocess.run(
+            [sys.executable, "-c", "import modserver; print(modserver.__file__)"],
+            env=env,
+            cwd=cwd,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    return Path(found.strip()).resolve().parent.parent
+
+
+def check_sources(other: Path) -> None:
+    """Each server must run its own checkout's code, or the comparison means nothing."""
+    for source, expected in ((other, other), (None, HERE.parent)):
+        found = imported_from(source)
+        if found != expected.resolve():
+            raise SystemExit(f"a server meant to run {expected} would import modserver from {found}")
 
 
 def keep_alive_round(source: Path | None, calls: int, log_level: str) -> dict:
@@ -80,6 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         other = export(args.revision, Path(tmp))
+        check_sources(other)
         names = {args.revision: other, "this checkout": None}
         p50s: dict[str, list[float]] = {name: [] for name in names}
         cpus: dict[str, list[float]] = {name: [] for name in names}

@@ -364,3 +364,98 @@ def test_the_call_flow_serves_turns_without_a_worker_process():
         flow.reply_data(OK + b"\n")
         flow.reply_ended()
     assert [request["function"] for request in worker.sent] == ["a1", "b1", "a2", "a3"]
+
+
+# The fast path: a call to an idle module nobody waits for goes straight to the worker ------
+
+
+def _fast_path_transcript(monkeypatch, fast: bool) -> dict:
+    """A script of calls through a CallFlow, with the fast path on or forced off."""
+    from modserver.supervision.call_flow import CallFlow
+    from modserver.supervision.stats import ModuleStats
+
+    if not fast:
+        monkeypatch.setattr(CallFlow, "_runs_at_once", lambda self, call: False)
+    worker, clock = ReadyWorker(), task.Clock()
+    spec = ModuleSpec(name="laser", module="m", entry="E", keep_alive_hold=2.0)
+    flow = CallFlow(spec, WorkerSettings(access_log=False), clock, ModuleStats(), worker)
+    sinks = {who: RecordingSink() for who in "ABCD"}
+
+    def submit(name: str, who: str, keep_alive: bool = False) -> None:
+        flow.submit(make_call(sinks[who], function=name, keep_alive=keep_alive, client=who))
+
+    def answer(body: bytes = OK) -> None:
+        clock.advance(0.25)
+        flow.reply_started(None, 0, flow.current.request_id, len(body) + 1)
+        flow.reply_data(body + b"\n")
+        flow.reply_ended()
+
+    submit("a1", "A")  # idle module: at once
+    submit("a2", "A")  # these two wait; A just had its turn, so B goes first
+    submit("b1", "B")
+    answer(), answer(), answer()
+    submit("c1", "C", keep_alive=True)  # at once, and C's session holds the module
+    answer()
+    submit("c2", "C", keep_alive=True)  # the holding session's call: at once
+    answer()
+    submit("d1", "D")  # waits while C holds the module, for at most its hold
+    clock.advance(1.0)
+    submit("c3", "C", keep_alive=True)
+    answer()
+    clock.advance(2.0)  # the hold is over: D's turn
+    answer()
+    submit("a3", "A")
+    answer()
+    return {
+        "sent": [request["function"] for request in worker.sent],
+        "replies": {who: sink.events for who, sink in sinks.items()},
+        "flow": flow.snapshot(),
+        "stats": flow.stats.snapshot(clock.seconds()),
+        "line empty": flow.line.empty(),
+    }
+
+
+def test_the_fast_path_serves_calls_and_turns_exactly_as_queuing_them_would(monkeypatch):
+    fast = _fast_path_transcript(monkeypatch, fast=True)
+    monkeypatch.undo()
+    queued = _fast_path_transcript(monkeypatch, fast=False)
+    assert fast == queued
+    assert fast["sent"] == ["a1", "b1", "a2", "c1", "c2", "c3", "d1", "a3"]
+    assert fast["stats"]["calls"] == 8 and fast["stats"]["latency"]["calls"] == 8
+
+
+def test_a_call_to_an_idle_module_never_enters_the_waiting_line(monkeypatch):
+    from modserver.supervision.call_flow import CallFlow
+    from modserver.supervision.stats import ModuleStats
+
+    added = []
+    monkeypatch.setattr(WaitingLine, "add", lambda self, call, first=False: added.append(call))
+    worker, clock = ReadyWorker(), task.Clock()
+    spec = ModuleSpec(name="laser", module="m", entry="E")
+    flow = CallFlow(spec, WorkerSettings(access_log=False), clock, ModuleStats(), worker)
+    sink = RecordingSink()
+    for _ in range(3):
+        flow.submit(make_call(sink, function="read", keep_alive=True, client="A"))
+        assert flow.current is not None and flow.current.started == flow.current.received
+        flow.reply_started(None, 0, flow.current.request_id, len(OK) + 1)
+        flow.reply_data(OK + b"\n")
+        flow.reply_ended()
+    assert added == [] and [r["function"] for r in worker.sent] == ["read"] * 3
+    assert flow.snapshot()["held_by_session"] is True
+
+
+def test_the_fast_path_stands_aside_for_a_lease():
+    supervisor, reactor = ready()
+    supervisor.take_lease("A", 60)
+    refused = make_call(client="B")
+    supervisor.submit(refused)  # the module is idle, but B may not use it
+    assert refused.sink.reply()["response"].startswith("Busy: laser is leased by A")
+    supervisor.submit(make_call(function="mine", client="A"))
+    assert reactor.last.calls()[-1][2]["function"] == "mine"
+
+
+def test_the_calls_lifecycle_transitions_set_without_a_check_are_legal():
+    from modserver.supervision.lifecycle import check_transition
+
+    check_transition(State.READY, State.BUSY)  # WorkerLife.busy
+    check_transition(State.BUSY, State.READY)  # WorkerLife.answered
