@@ -91,6 +91,10 @@ class WaitingLine:
     def __len__(self) -> int:
         return len(self._first) + len(self._turns)
 
+    def empty(self) -> bool:
+        """True when no call waits (every waiting call counts in its client's share)."""
+        return not self._per_client
+
     def __iter__(self) -> Iterator:
         yield from self._first
         yield from self._turns
@@ -136,6 +140,13 @@ class WaitingLine:
             return self._taken(self._first.popleft())
         call = self._turns.take(eligible)
         return self._taken(call) if call is not None else None
+
+    def served_at_once(self, call: Waiting, first: bool = False) -> None:
+        """``call`` runs without waiting while nothing else waits: the line (its
+        turns, its shares) ends as ``add`` then ``next_call`` would leave it, without
+        queuing it (the keep-alive call's fast path; ``first``: the holding session's)."""
+        if not first:
+            self._turns.served_at_once(owner(call))
 
     def waiting_in_turn(self) -> int:
         """How many calls wait for their turns (those of a holding session aside)."""
@@ -228,7 +239,8 @@ class ByteBudget:
         return True
 
     def give_back(self, size: int) -> None:
-        self.held = max(0, self.held - size)
+        held = self.held - size
+        self.held = held if held > 0 else 0
 
     def refusal(self) -> ReplyError:
         return ReplyError(

@@ -88,6 +88,12 @@ class CallFlow:
     def submit(self, call: Call) -> None:
         """Queue a call; it is answered now if the module cannot take it."""
         call.received = self.reactor.seconds()
+        if self._runs_at_once(call):
+            # The common case (an idle module nobody else waits for, no lease):
+            # straight to the worker, leaving the line as queuing it would have.
+            self.line.served_at_once(call, first=call.sink is self.holder)
+            self._dispatch(call, call.received)  # it waited for nothing
+            return
         if self.stop_reason is not None:  # stopped for good (one not yet started: calls wait)
             self._fail_call(call, self.stop_reason)
             return
@@ -114,6 +120,22 @@ class CallFlow:
             self._watch_queue()
             self._watch_hold()
         self.advance()
+
+    def _runs_at_once(self, call: Call) -> bool:
+        """Would ``submit`` queue ``call`` and ``advance`` dispatch it at once, with
+        nothing else to do on the way?  The module is ready and idle, not being
+        stopped or restarted, nothing waits, no lease is held or being granted,
+        and no other client's session holds the module."""
+        life = self.life
+        return (
+            life.state is State.READY
+            and life.pending is None
+            and life.stop_reason is None
+            and self.leases.lease is None
+            and self.line.empty()
+            and (self.holder is None or self.holder is call.sink)
+            and not self.lease_keeper.granting
+        )
 
     def _can_run_now(self, call: Call) -> bool:
         """True when ``call`` would go to the worker at once (it never waits)."""
@@ -142,6 +164,8 @@ class CallFlow:
         if self.life.pending is not None and self.holder is None:
             self.life.begin_stop()
             return
+        if self.line.empty():
+            return  # (_next_call would find nothing, whoever holds the module or its lease)
         call = self._next_call()
         if call is not None:
             self._dispatch(call)
@@ -156,10 +180,10 @@ class CallFlow:
             return self.line.next_call()
         return self.line.next_call(eligible=lambda who: who == holder)
 
-    def _dispatch(self, call: Call) -> None:
+    def _dispatch(self, call: Call, now: float | None = None) -> None:
         self._request_ids = (self._request_ids + 1) & 0xFFFFFFFF
         call.request_id = self._request_ids
-        call.started = self.reactor.seconds()
+        call.started = self.reactor.seconds() if now is None else now
         self.current = call
         self.life.busy()
         meta = call.meta or json.dumps({"client": call.client_ip}).encode("utf-8") + b"\n"
@@ -169,12 +193,17 @@ class CallFlow:
         if call.segments:  # the worker finds where the request ends, and the segments start
             described = {"client": call.client_ip, "request_bytes": len(call.request)}
             meta = json.dumps(described).encode("utf-8") + b"\n"
-        length = len(meta) + len(call.request) + sum(map(len, call.segments))
+        length = len(meta) + len(call.request)
+        if call.segments:
+            length += sum(map(len, call.segments))
         head = channel.header(channel.CALL, length, flags, call.request_id)
         self.life.send(head, meta, call.request, *call.segments)
         call.segments = ()  # the transport holds them until written; the call need not
         call.sent()
-        kill_after, give_up_after = call_deadlines(call, self.spec.timeout)
+        module_timeout = self._spec.timeout
+        if call.timeout is None and module_timeout is None:
+            return  # no deadline (call_deadlines would say (None, None))
+        kill_after, give_up_after = call_deadlines(call, module_timeout)
         if kill_after is not None:
             self._timers["call"] = self.reactor.callLater(
                 kill_after, self._call_timed_out, call, kill_after
@@ -301,8 +330,9 @@ class CallFlow:
             self.log.warn("dropping an unexpected reply from {module}'s worker", module=self.name)
             self._relay.drop()
             return
-        self._cancel_timer("call")
-        self._cancel_timer("give_up")
+        if self._timers:
+            self._cancel_timer("call")
+            self._cancel_timer("give_up")
         self._relay.start(call, bool(flags & channel.ERROR), length, proc)
 
     def reply_data(self, data: bytes) -> None:
@@ -315,14 +345,15 @@ class CallFlow:
         error = self._relay.error
         self.current = None
         self.calls_served += 1
-        self.stats.call_answered(error, call.abandoned, call.received, self.reactor.seconds())
+        now = self.reactor.seconds()
+        self.stats.call_answered(error, call.abandoned, call.received, now)
         outcome = self._relay.error_type(call) if error else "ok"
         if call.abandoned:
             outcome += ", after its client's timeout"
         held = call.keep_alive and not call.abandoned and not error
         held = held and self.life.state is State.BUSY
-        others = self._others_waiting()
-        if held and not self.hold.keeps(self.reactor.seconds(), others):
+        others = not self.line.empty() and self._others_waiting()
+        if held and not self.hold.keeps(now, others):
             held = False
             self._log_giving_way(owner(call))
         if held:

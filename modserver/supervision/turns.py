@@ -58,6 +58,14 @@ class Turns:
         self._queues.setdefault(owner(call), collections.deque()).append((self._arrivals, call))
         self._count += 1
 
+    def served_at_once(self, who: str) -> None:
+        """A call of ``who`` ran without waiting (nothing waited): the turns move on
+        exactly as if it had been added and taken at once."""
+        self._arrivals += 1
+        self._turns += 1
+        self._latest = who
+        self._last_turn.pop(who, None)
+
     def take(self, eligible: Callable[[str], bool] | None = None):
         """The next call in turn among identities ``eligible`` accepts; None if none waits."""
         best, best_key = None, None
