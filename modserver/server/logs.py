@@ -27,16 +27,18 @@ from modserver.worker.budget import Budget
 
 _ORDER = [LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error, LogLevel.critical]
 _threshold = 1  # info
+_enabled = {level: rank >= _threshold for rank, level in enumerate(_ORDER)}
 
 
 def set_level(level: LogLevel) -> None:
     """Drop events below ``level`` at their source (server and modules alike)."""
     global _threshold
     _threshold = _ORDER.index(level)
+    _enabled.update({each: rank >= _threshold for rank, each in enumerate(_ORDER)})
 
 
 def enabled(level: LogLevel) -> bool:
-    return _ORDER.index(level) >= _threshold
+    return _enabled[level]
 
 
 class SystemLogger(Logger):

@@ -96,6 +96,8 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._producer = None  # the worker channel a reply streams from
         self._refusal: ReplyError | None = None  # set for a client not admitted
         self.identity = Identity(None)
+        self._named = None  # the identity _names_made was made of
+        self._names_made = ("", "")
         self._admitted = False  # by --allow (checked again at the first line if not)
         self._admin = False  # may this client's timeouts end a worker?
         self._handshake_done = False
@@ -641,8 +643,18 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._segments_for = None
         self._submit(request, data, plain, tuple(pieces))
 
+    def _names(self) -> tuple[str, str]:
+        """``(str(identity), identity.owner)``, made once per identity (it changes
+        only when a TLS handshake names the client), not once per call."""
+        identity = self.identity
+        if self._named is not identity:
+            self._named = identity
+            self._names_made = (str(identity), identity.owner)
+        return self._names_made
+
     def _submit(self, request, data: bytes, plain: bool, segments: tuple) -> None:
-        size = len(data) + sum(map(len, segments))
+        size = len(data) + sum(map(len, segments)) if segments else len(data)
+        client, owner = self._names()
         self._busy()
         self.hold_lines()
         self._waiting = True
@@ -653,8 +665,8 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
             keep_alive=request.keep_alive,
             plain=plain,
             client_ip=self.client_ip,
-            client=str(self.identity),
-            owner=self.identity.owner,
+            client=client,
+            owner=owner,
             lease_wait=request.lease_wait,
             wait_limit=request.timeout if request.lease_wait else None,
             timeout=request.timeout,
@@ -672,7 +684,8 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
 
     def reply_started(self, error: bool, producer=None) -> None:
         """The worker's reply begins; a slow client pauses ``producer``."""
-        self._stop_watching_client()
+        if self._probe is not None:
+            self._stop_watching_client()
         self._reply_error = error
         if producer is not None and not self._closing:
             self._direct = False  # a long reply goes through the transport, flow-controlled
@@ -688,8 +701,9 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         """The reply is done: close, or wait for the next keep-alive request."""
         call, self._call = self._call, None
         self._waiting = False
-        self._unregister_producer()
-        if not self._closing:
+        if self._producer is not None:
+            self._unregister_producer()
+        if not self._closing and not self._direct:
             self._flush()  # the reply's tail leaves now, not at the next turn
         if self._reply_error or not complete or call is None or not call.keep_alive:
             self._close()

@@ -119,6 +119,13 @@ class WorkerProcess(protocol.ProcessProtocol):
         if not self._stdin_watched:
             self.transport.writeSequence(list(pieces))
             return
+        if len(pieces) == 1 and self._stdin_idle and not self._stdin_queue:
+            frame = pieces[0]  # a small frame, nothing queued: into the pipe now
+            written = self._write_now(frame)
+            if written < len(frame):
+                self._stdin_idle = False
+                self.transport.write(frame[written:])
+            return
         self._stdin_queue.extend(piece for piece in pieces if piece)
         self._feed_stdin()
 
@@ -134,7 +141,8 @@ class WorkerProcess(protocol.ProcessProtocol):
 
     def _write_now(self, data: bytes) -> int:
         """Bytes of ``data`` written straight to the idle stdin pipe (0: let the transport)."""
-        writer = getattr(self.transport, "pipes", {}).get(0)
+        pipes = getattr(self.transport, "pipes", None)
+        writer = pipes.get(0) if pipes else None
         fd = writer.fileno() if writer is not None else -1
         if fd < 0:
             return 0

@@ -164,13 +164,16 @@ class WorkerLife:
 
     def busy(self) -> None:
         """A call went to the worker."""
-        self._set_state(State.BUSY)
+        if self.state is State.READY:
+            self.state = State.BUSY  # legal (lifecycle.TRANSITIONS): no check on every call
+        else:
+            self._set_state(State.BUSY)
 
     def answered(self) -> None:
         """The worker answered its call."""
         self._served += 1
         if self.state is State.BUSY:
-            self._set_state(State.READY)
+            self.state = State.READY  # legal too, as in busy()
 
     def kill_for_timeout(self, function: str, timeout: float) -> None:
         """A call ran over its timeout: kill the worker, and restart it unless stopping."""

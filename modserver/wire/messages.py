@@ -103,12 +103,13 @@ def request(message, max_segments: int = 2**63) -> Request:
             segments = tuple(binary.segment_sizes(message["segments"], max_segments))
         except binary.BinaryError as exc:
             raise bad_request(str(exc)) from None
+    timeout = message.get("timeout")
     return Request(
         function,
         keep_alive,
-        _timeout(message.get("timeout")),
+        _timeout(timeout) if timeout is not None else None,
         lease_wait,
-        wants_binary(message),
+        wants_binary(message) if "binary" in message else False,
         segments,
     )
 
