@@ -119,3 +119,35 @@ def test_small_frames_go_straight_into_an_idle_pipe_and_never_overtake_queued_on
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_a_worker_pipe_is_read_in_small_pieces_until_a_long_reply_streams():
+    read_end, write_end = os.pipe()
+    try:
+        if not platforms.widen_pipe(write_end):
+            pytest.skip("only Linux pipes hold 1 MB (F_SETPIPE_SZ)")
+
+        class Reader:
+            fd = read_end
+            received: list[int] = []
+
+            def dataReceived(self, data):  # noqa: N802 - Twisted's name
+                self.received.append(len(data))
+
+        reader, sizes = Reader(), process.ReadSizes()
+        os.write(write_end, b"x" * 60)  # a small reply: no megabyte asked for
+        assert sizes.next == process.SMALL_READ
+        process._read_big(reader, sizes)
+        assert reader.received == [60] and sizes.next == process.SMALL_READ
+        os.write(write_end, os.urandom(900_000))  # a long one: the first read fills
+        process._read_big(reader, sizes)
+        assert reader.received[-1] == process.SMALL_READ and sizes.next == process.READ_SIZE
+        process._read_big(reader, sizes)  # then the rest at once
+        assert reader.received[-1] == 900_000 - process.SMALL_READ
+        assert sizes.next == process.READ_SIZE
+        os.write(write_end, b"y" * 10)
+        process._read_big(reader, sizes)  # a short read: small reads again
+        assert reader.received[-1] == 10 and sizes.next == process.SMALL_READ
+    finally:
+        os.close(read_end)
+        os.close(write_end)

@@ -43,17 +43,40 @@ CHANNEL_CLOSE_GRACE = 0.5
 # The most read from the channel at a time (Twisted reads pipes 8 KB at a time).
 READ_SIZE = 1024 * 1024
 
+# What a read of the channel asks for until one fills it (ReadSizes).
+SMALL_READ = 64 * 1024
 
-def _read_big(reader):
-    """ProcessReader.doRead, reading up to READ_SIZE bytes at once."""
+
+class ReadSizes:
+    """How much the next read of a worker's channel asks for.
+
+    ``os.read`` allocates all it is asked for before it reads: 1 MB for a
+    60-byte reply is an ``mmap``, a page fault and a ``munmap`` (glibc maps
+    blocks that large), about 13 µs against 1 µs for 64 KB, on every call.
+    So reads ask for SMALL_READ (below glibc's mapping threshold) until one
+    fills it, a long reply streaming; then READ_SIZE until one comes back
+    shorter than SMALL_READ.
+    """
+
+    def __init__(self) -> None:
+        self.next = SMALL_READ
+
+    def got(self, size: int) -> None:
+        self.next = READ_SIZE if size >= SMALL_READ else SMALL_READ
+
+
+def _read_big(reader, sizes: ReadSizes | None = None):
+    """ProcessReader.doRead, reading up to READ_SIZE bytes at once (as ``sizes`` says)."""
     try:
-        data = os.read(reader.fd, READ_SIZE)
+        data = os.read(reader.fd, READ_SIZE if sizes is None else sizes.next)
     except OSError as exc:
         if exc.errno in (errno.EAGAIN, errno.EINTR):
             return None
         return main.CONNECTION_LOST
     if not data:
         return main.CONNECTION_DONE
+    if sizes is not None:
+        sizes.got(len(data))
     reader.dataReceived(data)
     return None
 
@@ -183,7 +206,7 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.pid = self.transport.pid
         reader = getattr(self.transport, "pipes", {}).get(1)
         if reader is not None:
-            reader.doRead = functools.partial(_read_big, reader)
+            reader.doRead = functools.partial(_read_big, reader, ReadSizes())
         writer = getattr(self.transport, "pipes", {}).get(0)
         if writer is not None:  # POSIX: tell us each time the stdin pipe has drained
             self._stdin_watched = True
