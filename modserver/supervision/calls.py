@@ -43,9 +43,12 @@ class CallSink:
         """The reply ended; not ``complete`` when the worker died mid-reply."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Call:
-    """One client request waiting for, or being served by, a worker."""
+    """One client request waiting for, or being served by, a worker.
+
+    (Slots: one is made for every request, and its fields are read all the way.)
+    """
 
     sink: CallSink
     request: bytes  # the request's JSON text as the client sent it
