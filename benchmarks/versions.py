@@ -12,7 +12,10 @@ and times a fresh-connection hello and then ``--calls`` keep-alive
 its server and worker code run (checked before the first round: each
 server's ``modserver`` package must come from its own tree); the bench
 module is this checkout's.  ``--log-level warn`` leaves the access lines
-out.
+out.  ``--interleave 100`` runs both servers in each round at once and
+alternates blocks of 100 calls between them: on a loaded machine, where
+one server's round can meet twice the other's load, both then meet the
+same.
 Printed: each round's p50 per checkout, then the median of the rounds and
 their ratio.
 """
@@ -99,12 +102,63 @@ def keep_alive_round(source: Path | None, calls: int, log_level: str) -> dict:
         server.stop()
 
 
+ECHO = {"function": "echo", "args": [1], "keep_alive": True}
+
+
+def interleaved_round(sources: dict, calls: int, log_level: str, block: int) -> dict:
+    """Both servers up at once; ``block`` calls on one connection, then on the
+    other, and so on: a load that comes and goes falls on both alike."""
+    servers, conns, hellos = {}, {}, {}
+    try:
+        for name, source in sources.items():
+            servers[name] = ModServer({"bench": "bench_module"}, log_level=log_level, source=source)
+        for name, server in servers.items():
+            wait_for(server.ready, what="the bench module")
+            conns[name] = Connection(server.port)
+            started = time.perf_counter()
+            conns[name].send({"name": "bench"})
+            conns[name].receive()
+            hellos[name] = time.perf_counter() - started
+        times = {name: [] for name in servers}
+        cpu = dict.fromkeys(servers, 0.0)
+        for _ in range(0, calls, block):
+            for name, conn in conns.items():
+                before = cpu_seconds(servers[name].pid)
+                for _ in range(block):
+                    started = time.perf_counter()
+                    conn.send(ECHO)
+                    assert conn.receive() == 1
+                    times[name].append(time.perf_counter() - started)
+                cpu[name] += cpu_seconds(servers[name].pid) - before
+        return {
+            name: {
+                "hello": hellos[name],
+                "p50": statistics.median(times[name]),
+                "cpu": cpu[name] / len(times[name]),
+            }
+            for name in servers
+        }
+    finally:
+        for conn in conns.values():
+            conn.close()
+        for server in servers.values():
+            server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("revision", help="the other revision (a commit, tag or branch)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--log-level", default="info", help="the servers' --log-level")
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run both servers at once, alternating blocks of N calls (default: one "
+        "server after the other)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         other = export(args.revision, Path(tmp))
@@ -114,8 +168,14 @@ def main() -> None:
         cpus: dict[str, list[float]] = {name: [] for name in names}
         for round_ in range(args.rounds):
             order = list(names) if round_ % 2 == 0 else list(reversed(names))
+            if args.interleave:
+                sources = {name: names[name] for name in order}
+                both = interleaved_round(sources, args.calls, args.log_level, args.interleave)
             for name in order:
-                result = keep_alive_round(names[name], args.calls, args.log_level)
+                if args.interleave:
+                    result = both[name]
+                else:
+                    result = keep_alive_round(names[name], args.calls, args.log_level)
                 p50s[name].append(result["p50"])
                 cpus[name].append(result["cpu"])
                 print(
