@@ -47,6 +47,7 @@ class SystemLogger(Logger):
     def __init__(self, namespace: str, system: str) -> None:
         super().__init__(namespace=namespace)
         self.system = system
+        self._systems = {level: f"{system}#{level.name}" for level in _ORDER}  # made once
 
     def __get__(self, instance, owner=None) -> SystemLogger:
         # Logger, as a class attribute, makes a new Logger for each owner; this
@@ -56,7 +57,8 @@ class SystemLogger(Logger):
     def emit(self, level: LogLevel, format: str | None = None, **kwargs) -> None:  # noqa: A002
         if not enabled(level):
             return
-        kwargs.setdefault("log_system", f"{self.system}#{level.name}")
+        if "log_system" not in kwargs:
+            kwargs["log_system"] = self._systems[level]
         super().emit(level, format, **kwargs)
 
 

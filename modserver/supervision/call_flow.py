@@ -420,7 +420,8 @@ class CallFlow:
         # One field to format, made here: a log observer formatting five
         # fields with format specs took a sixth of the server's time on a
         # keep-alive loop (benchmarks/versions.py). The parts stay in the event.
-        self.access.info(
+        self.access.emit(  # (what .info() does, one call less: one of these a call)
+            LogLevel.info,
             "{access}",
             access=f"{client} {call.function}() {outcome} in {ms:.1f} ms",
             module=self.name,
