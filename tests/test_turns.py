@@ -459,3 +459,52 @@ def test_the_calls_lifecycle_transitions_set_without_a_check_are_legal():
 
     check_transition(State.READY, State.BUSY)  # WorkerLife.busy
     check_transition(State.BUSY, State.READY)  # WorkerLife.answered
+
+
+# The access line of a keep-alive loop: logged while the worker works ----------------------
+
+
+def test_an_access_line_is_logged_when_the_next_call_goes_to_the_worker_or_soon_after():
+    """Never lost, never out of order, never later than ACCESS_DELAY after its reply."""
+    from twisted.logger import globalLogPublisher
+
+    from modserver.supervision.call_flow import ACCESS_DELAY, CallFlow
+    from modserver.supervision.stats import ModuleStats
+
+    lines: list[str] = []
+
+    def observer(event):
+        if event.get("log_format") == "{access}" and event.get("module") == "laser":
+            lines.append(event["access"])
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        worker, clock = ReadyWorker(), task.Clock()
+        spec = ModuleSpec(name="laser", module="m", entry="E")
+        flow = CallFlow(spec, WorkerSettings(access_log=True), clock, ModuleStats(), worker)
+        sink = RecordingSink()
+
+        def answer() -> None:
+            flow.reply_started(None, 0, flow.current.request_id, len(OK) + 1)
+            flow.reply_data(OK + b"\n")
+            flow.reply_ended()
+
+        flow.submit(make_call(sink, function="first", keep_alive=True, client="A"))
+        answer()
+        assert sink.events and lines == []  # replied; its line waits for the next call
+        flow.submit(make_call(sink, function="second", keep_alive=True, client="A"))
+        assert [line.split()[1] for line in lines] == ["first()"]  # logged once it was sent
+        answer()
+        clock.advance(ACCESS_DELAY * 0.9)
+        assert len(lines) == 1
+        clock.advance(ACCESS_DELAY * 0.2)  # no next call: logged within ACCESS_DELAY
+        assert [line.split()[1] for line in lines] == ["first()", "second()"]
+
+        flow.submit(make_call(sink, function="third", keep_alive=True, client="A"))
+        answer()
+        flow.stop(ReplyError("ModuleRemoved", "laser was removed"))  # none lost at a stop
+        assert [line.split()[1] for line in lines] == ["first()", "second()", "third()"]
+        clock.advance(ACCESS_DELAY)
+        assert len(lines) == 3  # and never twice
+    finally:
+        globalLogPublisher.removeObserver(observer)

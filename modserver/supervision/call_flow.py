@@ -27,6 +27,12 @@ from modserver.supervision.turns import SessionHold, owner
 from modserver.wire import channel
 from modserver.wire.errors import ReplyError
 
+# A call's access line waits for the next call to go to the worker, and is
+# logged then, while the worker works: on a keep-alive loop, formatting and
+# writing it (a third of the server's time a call) is off the client's path.
+# With no next call it is logged this many seconds after the reply.
+ACCESS_DELAY = 0.05
+
 
 def queue_rules(spec: ModuleSpec) -> QueueRules:
     return QueueRules(
@@ -60,6 +66,8 @@ class CallFlow:
         self.calls_served = 0
         self._request_ids = 0
         self._timers: dict[str, object] = {}
+        self._access_pending: list[dict] = []  # access lines not yet logged (see ACCESS_DELAY)
+        self._access_timer = None
         self._relay = ReplyRelay(spec.name, self.log, peek_errors=self.access is not None)
 
     @property
@@ -198,6 +206,8 @@ class CallFlow:
             length += sum(map(len, call.segments))
         head = channel.header(channel.CALL, length, flags, call.request_id)
         self.life.send(head, meta, call.request, *call.segments)
+        if self._access_pending:  # the last call's line, logged while the worker works
+            self._flush_access()
         call.segments = ()  # the transport holds them until written; the call need not
         call.sent()
         module_timeout = self._spec.timeout
@@ -364,7 +374,9 @@ class CallFlow:
             self._drop_holder()
         self.life.answered()
         self._relay.deliver(call, "reply_finished", True)
-        self._log_access(call, outcome)  # after the reply has left: not on the client's time
+        # After the reply has left, and on a keep-alive loop not before the
+        # next call has gone to the worker: not on the client's time.
+        self._log_access(call, outcome, later=self.life.pending is None)
         self.advance()
 
     # The worker gone, the module stopped ----------------------------------
@@ -373,6 +385,7 @@ class CallFlow:
         """The worker ended: the call it was running fails, and no session holds on."""
         self._cancel_timer("call")
         self._cancel_timer("give_up")
+        self._flush_access()
         call, self.current = self.current, None
         self._relay.drop()
         self.lease_keeper.answer_granted()
@@ -393,6 +406,7 @@ class CallFlow:
 
     def stop(self, reason: ReplyError) -> None:
         """The module stops for good: everything waiting is answered with ``reason``."""
+        self._flush_access()
         self._drop_holder()
         self.lease_keeper.stop(reason)
         self.fail_waiting(reason)
@@ -409,7 +423,9 @@ class CallFlow:
             self.stats.call_failed(err.kind, call.received, self.reactor.seconds())
         call.fail(err)
 
-    def _log_access(self, call: Call, outcome: str) -> None:
+    def _log_access(self, call: Call, outcome: str, later: bool = False) -> None:
+        """Log ``call``'s access line; ``later``: when the next call has gone to the
+        worker, or within ACCESS_DELAY, whichever is first (lines keep their order)."""
         if self.access is None or not logs.enabled(LogLevel.info):
             return
         now = self.reactor.seconds()
@@ -420,17 +436,32 @@ class CallFlow:
         # One field to format, made here: a log observer formatting five
         # fields with format specs took a sixth of the server's time on a
         # keep-alive loop (benchmarks/versions.py). The parts stay in the event.
-        self.access.emit(  # (what .info() does, one call less: one of these a call)
-            LogLevel.info,
-            "{access}",
-            access=f"{client} {call.function}() {outcome} in {ms:.1f} ms",
-            module=self.name,
-            client=client,
-            function=call.function,
-            outcome=outcome,
-            ms=ms,
-            waited_ms=(started - received) * 1000,
+        self._access_pending.append(
+            {
+                "access": f"{client} {call.function}() {outcome} in {ms:.1f} ms",
+                "module": self.name,
+                "client": client,
+                "function": call.function,
+                "outcome": outcome,
+                "ms": ms,
+                "waited_ms": (started - received) * 1000,
+            }
         )
+        if not later:
+            self._flush_access()
+        elif self._access_timer is None:
+            self._access_timer = self.reactor.callLater(ACCESS_DELAY, self._access_due)
+
+    def _access_due(self) -> None:
+        self._access_timer = None
+        self._flush_access()
+
+    def _flush_access(self) -> None:
+        """Log the access lines waiting, in the order of their calls."""
+        pending, self._access_pending = self._access_pending, []
+        for fields in pending:
+            # (what .info() does, one call less: one of these a call)
+            self.access.emit(LogLevel.info, "{access}", **fields)
 
     def _cancel_timer(self, name: str) -> None:
         timer = self._timers.pop(name, None)
