@@ -96,8 +96,6 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._producer = None  # the worker channel a reply streams from
         self._refusal: ReplyError | None = None  # set for a client not admitted
         self.identity = Identity(None)
-        self._named = None  # the identity _names_made was made of
-        self._names_made = ("", "")
         self._admitted = False  # by --allow (checked again at the first line if not)
         self._admin = False  # may this client's timeouts end a worker?
         self._handshake_done = False
@@ -118,6 +116,17 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._watch_producer = None  # pauses the watch while the client does not read
 
     # Connection ---------------------------------------------------------
+
+    @property
+    def identity(self) -> Identity:
+        """Who the client is: its address and, over mutual TLS, its certificate's CN."""
+        return self._identity
+
+    @identity.setter
+    def identity(self, identity: Identity) -> None:
+        self._identity = identity
+        # Its names as calls carry them, made when it changes, not once per call.
+        self._names = (str(identity), identity.owner)
 
     def connectionMade(self) -> None:
         """A client connected: wait for its hello."""
@@ -643,18 +652,9 @@ class ClientProtocol(ChunkedLineReceiver, CallSink):
         self._segments_for = None
         self._submit(request, data, plain, tuple(pieces))
 
-    def _names(self) -> tuple[str, str]:
-        """``(str(identity), identity.owner)``, made once per identity (it changes
-        only when a TLS handshake names the client), not once per call."""
-        identity = self.identity
-        if self._named is not identity:
-            self._named = identity
-            self._names_made = (str(identity), identity.owner)
-        return self._names_made
-
     def _submit(self, request, data: bytes, plain: bool, segments: tuple) -> None:
         size = len(data) + sum(map(len, segments)) if segments else len(data)
-        client, owner = self._names()
+        client, owner = self._names
         self._busy()
         self.hold_lines()
         self._waiting = True

@@ -109,8 +109,8 @@ class CallFlow:
         if refusal is not None:
             self._fail_call(call, refusal)
             return
-        refusal = None
-        if self.leases.lease is not None:  # (the common case asks nothing more)
+        refusal = None  # (without a lease, the common case, nothing more is asked)
+        if self.leases.lease is not None:
             refusal = self.leases.refusal(owner(call), call.received)
         if refusal is not None and not call.lease_wait:
             self._fail_call(call, refusal)
@@ -129,29 +129,26 @@ class CallFlow:
             self._watch_hold()
         self.advance()
 
-    def _runs_at_once(self, call: Call) -> bool:
-        """Would ``submit`` queue ``call`` and ``advance`` dispatch it at once, with
-        nothing else to do on the way?  The module is ready and idle, not being
-        stopped or restarted, nothing waits, no lease is held or being granted,
-        and no other client's session holds the module."""
-        life = self.life
-        return (
-            life.state is State.READY
-            and life.pending is None
-            and life.stop_reason is None
-            and self.leases.lease is None
-            and self.line.empty()
-            and (self.holder is None or self.holder is call.sink)
-            and not self.lease_keeper.granting
-        )
-
     def _can_run_now(self, call: Call) -> bool:
-        """True when ``call`` would go to the worker at once (it never waits)."""
+        """True when ``call`` would go to the worker at once (it never waits): the
+        module is ready and idle, no restart is pending, nothing waits, and no
+        other client's session holds the module."""
         return (
             self.life.state is State.READY
             and self.life.pending is None
-            and not self.line
+            and self.line.empty()
             and self.holder in (None, call.sink)
+        )
+
+    def _runs_at_once(self, call: Call) -> bool:
+        """Would ``submit`` queue ``call`` and ``advance`` dispatch it at once, with
+        nothing else to do on the way?  It can run now, the module is not being
+        stopped, and no lease is held or being granted."""
+        return (
+            self._can_run_now(call)
+            and self.stop_reason is None
+            and self.leases.lease is None
+            and not self.lease_keeper.granting
         )
 
     def release(self, sink: CallSink) -> None:
