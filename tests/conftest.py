@@ -41,5 +41,5 @@ def needs_children_ended(platform_mode):
     if platform_mode == "portable":
         pytest.skip(
             "portable mode has neither process groups nor Job Objects, so a worker's "
-            "children outlive it (Windows' Job Objects are tested with faked Win32 calls)"
+            "children outlive it (Windows' Job Objects: native mode, under Wine in .ci/windows)"
         )

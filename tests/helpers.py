@@ -29,7 +29,7 @@ from modserver.worker import platforms
 from tests import wine
 
 MODULES_DIR = Path(__file__).parent / "modules"
-SOCKET_TIMEOUT = 15.0
+SOCKET_TIMEOUT = 15.0 * wine.SLOWER
 
 ON_WINDOWS = os.name == "nt"
 # Ending a process at once: SIGKILL; on Windows os.kill is TerminateProcess.
@@ -73,14 +73,16 @@ def modserver_command() -> list[str]:
 
 
 def wait_for(condition, timeout: float = 15.0, interval: float = 0.02, what: str = "condition"):
-    """Poll ``condition()`` until it returns a true value; fail after ``timeout``."""
+    """Poll ``condition()`` until it returns a true value; fail after ``timeout``
+    (longer under Wine: ``wine.SLOWER``)."""
+    timeout *= wine.SLOWER
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
 
 
@@ -239,14 +241,20 @@ class ServerProcess:
             preexec_fn=None if ON_WINDOWS else _default_sigint,
         )
         try:
-            if port is None:
-                self.port = int(wait_for(self._listening, what="the server to listen").group(1))
-            else:
-                wait_for(
-                    lambda: f"listening on 127.0.0.1:{port}" in self.log(),
-                    what="the server to listen",
-                )
-                self.port = port
+            try:
+                if port is None:
+                    found = wait_for(self._listening, what="the server to listen")
+                    self.port = int(found.group(1))
+                else:
+                    wait_for(
+                        lambda: f"listening on 127.0.0.1:{port}" in self.log(),
+                        what="the server to listen",
+                    )
+                    self.port = port
+            except AssertionError as exc:
+                if "exited early" in str(exc):
+                    raise
+                raise AssertionError(f"{exc}; its log so far:\n{self.log()}") from None
             if wait_ready:
                 self.wait_settled()
         except BaseException:
@@ -287,6 +295,7 @@ class ServerProcess:
         )
 
     def stop(self, sig: int = GRACEFUL_STOP, timeout: float = 20.0) -> int:
+        timeout *= wine.SLOWER
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
         if not (sig == GRACEFUL_STOP and wine.UNDER_WINE and wine.ctrl_break(str(self.cwd))):

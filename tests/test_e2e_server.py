@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import wine
 from tests.helpers import (
     GRACEFUL_STOP,
     HARD_KILL,
@@ -39,13 +40,23 @@ pytestmark = pytest.mark.usefixtures("platform_mode")
 
 
 def run_twistd(args, cwd, timeout=30):
-    return subprocess.run(
-        [*modserver_command(), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """twistd run to its end; a bound (longer under Wine) that, passed, fails
+    the test with what it had printed."""
+    try:
+        return subprocess.run(
+            [*modserver_command(), *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout * wine.SLOWER,
+        )
+    except subprocess.TimeoutExpired as exc:
+        printed = "".join(
+            part.decode(errors="replace") if isinstance(part, bytes) else part
+            for part in (exc.stdout, exc.stderr)
+            if part
+        )
+        raise AssertionError(f"{exc}; it had printed:\n{printed}") from None
 
 
 # Command-line errors are one clear line --------------------------------------

@@ -1,5 +1,6 @@
 """The platform layer: POSIX with real processes and signals, the portable mode,
-and the Windows worker side with faked Win32 calls (there is no Windows here)."""
+and the Windows worker side with faked Win32 calls (and, run by a Windows
+CPython under Wine, .ci/windows, with real ones)."""
 
 from __future__ import annotations
 
